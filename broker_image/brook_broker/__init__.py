@@ -1,0 +1,1 @@
+"""Brook: a message broker that speaks the Apache Kafka wire protocol."""

@@ -1,0 +1,1 @@
+"""Kafka's binary protocol: framing over asyncio TCP, request decoding, response encoding."""
