@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> BrokerConfig:
+def load_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> BrokerConfig:
     """Flags first, then ``BROOK_*`` variables, then defaults."""
     environ = os.environ if environ is None else environ
     parser = build_parser()

@@ -15,9 +15,7 @@ from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-REQUESTS = Counter(
-    "brook_requests", "Kafka protocol requests handled", ["api"], registry=REGISTRY
-)
+REQUESTS = Counter("brook_requests", "Kafka protocol requests handled", ["api"], registry=REGISTRY)
 REQUEST_ERRORS = Counter(
     "brook_request_errors",
     "Partition- or topic-level errors answered, by API and Kafka error name",
@@ -28,13 +26,38 @@ REQUEST_LATENCY = Histogram(
     "brook_request_latency_seconds",
     "Time from a decoded request to its response body, by API",
     ["api"],
-    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=(
+        0.0001,
+        0.0005,
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1,
+        2.5,
+        5,
+        10,
+        30,
+    ),
     registry=REGISTRY,
 )
-BYTES_IN = Counter("brook_bytes_in", "Record batch bytes appended by producers", ["topic"], registry=REGISTRY)
-BYTES_OUT = Counter("brook_bytes_out", "Record batch bytes sent to consumers", ["topic"], registry=REGISTRY)
-RECORDS_IN = Counter("brook_records_in", "Records appended by producers", ["topic"], registry=REGISTRY)
-RECORDS_OUT = Counter("brook_records_out", "Records sent to consumers", ["topic"], registry=REGISTRY)
+BYTES_IN = Counter(
+    "brook_bytes_in", "Record batch bytes appended by producers", ["topic"], registry=REGISTRY
+)
+BYTES_OUT = Counter(
+    "brook_bytes_out", "Record batch bytes sent to consumers", ["topic"], registry=REGISTRY
+)
+RECORDS_IN = Counter(
+    "brook_records_in", "Records appended by producers", ["topic"], registry=REGISTRY
+)
+RECORDS_OUT = Counter(
+    "brook_records_out", "Records sent to consumers", ["topic"], registry=REGISTRY
+)
 
 
 class PartitionOffsets(Protocol):
@@ -47,22 +70,32 @@ class PartitionOffsets(Protocol):
 class PartitionCollector(Collector):
     """Per-partition log start offset, log end offset, high watermark and size."""
 
-    def __init__(self, partitions: Callable[[], Iterable[tuple[str, int, PartitionOffsets]]]) -> None:
+    def __init__(
+        self, partitions: Callable[[], Iterable[tuple[str, int, PartitionOffsets]]]
+    ) -> None:
         self._partitions = partitions
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         families = {
             "log_start_offset": GaugeMetricFamily(
-                "brook_log_start_offset", "First offset still in the log", labels=["topic", "partition"]
+                "brook_log_start_offset",
+                "First offset still in the log",
+                labels=["topic", "partition"],
             ),
             "log_end_offset": GaugeMetricFamily(
-                "brook_log_end_offset", "Offset the next record will get", labels=["topic", "partition"]
+                "brook_log_end_offset",
+                "Offset the next record will get",
+                labels=["topic", "partition"],
             ),
             "high_watermark": GaugeMetricFamily(
-                "brook_high_watermark", "Offset below which consumers can read", labels=["topic", "partition"]
+                "brook_high_watermark",
+                "Offset below which consumers can read",
+                labels=["topic", "partition"],
             ),
             "size_bytes": GaugeMetricFamily(
-                "brook_log_size_bytes", "Bytes of all segments of the partition", labels=["topic", "partition"]
+                "brook_log_size_bytes",
+                "Bytes of all segments of the partition",
+                labels=["topic", "partition"],
             ),
         }
         for topic, partition, log in self._partitions():

@@ -194,7 +194,9 @@ def _error_code(value: Any) -> ErrorCode:
 
 
 def _millis(value: Any) -> datetime.timedelta:
-    return value if isinstance(value, datetime.timedelta) else datetime.timedelta(milliseconds=value)
+    return (
+        value if isinstance(value, datetime.timedelta) else datetime.timedelta(milliseconds=value)
+    )
 
 
 def _uuid(value: Any) -> uuid.UUID | None:

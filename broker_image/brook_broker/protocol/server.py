@@ -57,7 +57,9 @@ class KafkaServer:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._new_connection, host, port, reuse_address=True)
+        self._server = await loop.create_server(
+            self._new_connection, host, port, reuse_address=True
+        )
         address = self._server.sockets[0].getsockname()
         return address[0], address[1]
 
@@ -144,7 +146,10 @@ class _Connection(asyncio.BufferedProtocol):
             if size < 0 or size > self._max_request_bytes:
                 log.warning(
                     "closing connection from %s: request size %d is outside 0..%d "
-                    "(socket.request.max.bytes)", self._peer, size, self._max_request_bytes,
+                    "(socket.request.max.bytes)",
+                    self._peer,
+                    size,
+                    self._max_request_bytes,
                 )
                 self.close()
                 return
@@ -229,10 +234,7 @@ class _CloseConnection(Exception):
     pass
 
 
-def _unsupported_api_versions(
-    unsupported: UnsupportedRequest, body: Mapping[str, Any]
-) -> bytes:
+def _unsupported_api_versions(unsupported: UnsupportedRequest, body: Mapping[str, Any]) -> bytes:
     """Answer an ApiVersions request above our versions in the v0 format, with our list."""
     request = Request(API_VERSIONS_KEY, 0, unsupported.correlation_id, None, None)
     return encode_response(request, {**body, "error_code": _UNSUPPORTED_VERSION})
-

@@ -110,7 +110,9 @@ def batch_size_at(data: bytes | bytearray | memoryview, position: int) -> int | 
     return _LENGTH.unpack_from(data, position)[1] + LOG_OVERHEAD
 
 
-def crc_matches(data: bytes | bytearray | memoryview, header: BatchHeader, position: int = 0) -> bool:
+def crc_matches(
+    data: bytes | bytearray | memoryview, header: BatchHeader, position: int = 0
+) -> bool:
     start = position + ATTRIBUTES_OFFSET
     return crc32c(memoryview(data)[start : position + header.size]) == header.crc
 
@@ -138,7 +140,9 @@ def validate_batches(records: bytes | memoryview) -> list[BatchHeader]:
     return headers
 
 
-def iter_headers(data: bytes | bytearray | memoryview, *, check_crc: bool = False) -> Iterator[tuple[int, BatchHeader]]:
+def iter_headers(
+    data: bytes | bytearray | memoryview, *, check_crc: bool = False
+) -> Iterator[tuple[int, BatchHeader]]:
     """Yield ``(position, header)`` for each whole, valid batch until the first bad or cut one."""
     position = 0
     total = len(data)
@@ -160,12 +164,16 @@ def set_base_offset(batch: bytearray | memoryview, position: int, base_offset: i
     _I64.pack_into(batch, position, base_offset)
 
 
-def set_log_append_time(batch: bytearray | memoryview, position: int, header: BatchHeader, now_ms: int) -> None:
+def set_log_append_time(
+    batch: bytearray | memoryview, position: int, header: BatchHeader, now_ms: int
+) -> None:
     """Stamp a batch with the broker's time (``message.timestamp.type=LogAppendTime``).
 
     This changes bytes the CRC covers, so the CRC is recomputed.
     """
-    _I16.pack_into(batch, position + ATTRIBUTES_OFFSET, header.attributes | TIMESTAMP_TYPE_LOG_APPEND)
+    _I16.pack_into(
+        batch, position + ATTRIBUTES_OFFSET, header.attributes | TIMESTAMP_TYPE_LOG_APPEND
+    )
     _I64.pack_into(batch, position + MAX_TIMESTAMP_OFFSET, now_ms)
     view = memoryview(batch)
     crc = crc32c(view[position + ATTRIBUTES_OFFSET : position + header.size])
