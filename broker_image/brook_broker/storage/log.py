@@ -1,0 +1,393 @@
+"""A partition's log: its segments in offset order, as Kafka's log layer keeps them.
+
+Only the last (active) segment takes appends. It is rolled when full (``segment.bytes``)
+or old (``segment.ms``); retention deletes whole segments from the oldest end, which is
+what moves the log start offset. On open the active segment is checked batch by batch
+(CRC included) and a torn or corrupt tail is cut, so the log end offset is the end of
+the last whole, valid batch; data written before a crash or ``kill -9`` is in the page
+cache and survives.
+
+A PartitionLog is not thread-safe: the broker calls it from its event loop only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .batch import BatchHeader, set_base_offset, set_log_append_time
+from .segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, AppendedBatch, Buffer, Segment
+
+logger = logging.getLogger(__name__)
+
+DAY_MS = 24 * 60 * 60 * 1000
+_MAX_RELATIVE = 2**31 - 1
+"""Relative offsets and positions in a segment stay within a signed 32-bit int, as in Kafka."""
+_SEGMENT_NAME = re.compile(r"^(\d{20})(\.log|\.index|\.timeindex)$")
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """The topic configs the log obeys, under Kafka's names with dots as underscores."""
+
+    segment_bytes: int = 1024 * 1024 * 1024
+    segment_ms: int = 7 * DAY_MS
+    retention_ms: int = 7 * DAY_MS  # -1: keep forever
+    retention_bytes: int = -1  # per partition; -1: no limit
+    index_interval_bytes: int = 4096
+    flush_messages: int = -1  # -1: never fsync by count
+    flush_ms: int = -1  # -1: never fsync by time
+
+
+class OffsetOutOfRange(Exception):
+    """A fetch below the log start offset or beyond the log end offset."""
+
+    def __init__(self, offset: int, log_start_offset: int, log_end_offset: int) -> None:
+        super().__init__(
+            f"offset {offset} is outside the log [{log_start_offset}, {log_end_offset}]"
+        )
+        self.offset = offset
+        self.log_start_offset = log_start_offset
+        self.log_end_offset = log_end_offset
+
+
+@dataclass(frozen=True, slots=True)
+class AppendInfo:
+    base_offset: int
+    last_offset: int
+    record_count: int
+    log_append_time_ms: int  # -1 unless log_append_time was used
+
+
+class PartitionLog:
+    """The segments of one partition, from ``log_start_offset`` to ``log_end_offset``.
+
+    ``high_watermark`` is a plain attribute: on a single broker appends move it to the log
+    end offset; a replication layer may manage it instead.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        topic: str,
+        partition: int,
+        config: LogConfig,
+        segments: list[Segment],
+    ) -> None:
+        self.directory = directory
+        self.topic = topic
+        self.partition = partition
+        self.config = config
+        self._segments = segments
+        self._bases = [segment.base_offset for segment in segments]
+        self.high_watermark = self.log_end_offset
+        self.last_flush_ms = wall_clock_ms()
+        self._unflushed_records = 0
+        self._directory_dirty = True  # new segment files may not be durable in it yet
+        self._closed = False
+
+    @classmethod
+    def open(cls, directory: Path, topic: str, partition: int, config: LogConfig) -> PartitionLog:
+        """Open (or create) the log in ``directory``, recovering its active segment."""
+        directory.mkdir(parents=True, exist_ok=True)
+        now_ms = wall_clock_ms()
+        bases = _segment_base_offsets(directory)
+        segments: list[Segment] = []
+        try:
+            for base_offset in bases:
+                is_last = base_offset == bases[-1]
+                segment = Segment.open(
+                    directory,
+                    base_offset,
+                    index_interval_bytes=config.index_interval_bytes,
+                    now_ms=now_ms,
+                    recover=is_last,
+                )
+                segments.append(segment)
+                if not is_last:
+                    segment.seal()
+            if not segments:
+                segments.append(
+                    Segment.create(
+                        directory,
+                        0,
+                        index_interval_bytes=config.index_interval_bytes,
+                        now_ms=now_ms,
+                    )
+                )
+        except BaseException:
+            for segment in segments:
+                segment.close()
+            raise
+        log = cls(directory, topic, partition, config, segments)
+        logger.debug(
+            "%s-%d: opened %d segments, offsets %d to %d",
+            topic,
+            partition,
+            len(segments),
+            log.log_start_offset,
+            log.log_end_offset,
+        )
+        return log
+
+    @property
+    def log_start_offset(self) -> int:
+        return self._segments[0].base_offset
+
+    @property
+    def log_end_offset(self) -> int:
+        return self._segments[-1].next_offset
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(segment.size for segment in self._segments)
+
+    # Writing
+
+    def append(
+        self,
+        records: bytes | memoryview,
+        batches: Sequence[BatchHeader],
+        *,
+        now_ms: int,
+        log_append_time: bool = False,
+    ) -> AppendInfo:
+        """Append validated batches (``batches`` are their headers, in order) at the log end.
+
+        Offsets are assigned from the log end offset by writing each batch's base offset;
+        the rest of each batch is written from ``records`` itself, without a copy, except
+        under LogAppendTime, where a copy of each batch is stamped with ``now_ms``.
+        """
+        if not batches:
+            raise ValueError("append needs at least one batch")
+        view = memoryview(records)
+        base_offset = next_offset = self.log_end_offset
+        buffers: list[Buffer] = []
+        appended: list[AppendedBatch] = []
+        record_count = 0
+        position = 0
+        for header in batches:
+            size = header.size
+            if log_append_time:
+                batch = bytearray(view[position : position + size])
+                set_log_append_time(batch, 0, header, now_ms)
+                set_base_offset(batch, 0, next_offset)
+                buffers.append(batch)
+                max_timestamp = now_ms
+            else:
+                prefix = bytearray(8)
+                set_base_offset(prefix, 0, next_offset)
+                buffers.append(prefix)
+                buffers.append(view[position + 8 : position + size])
+                max_timestamp = header.max_timestamp
+            appended.append(AppendedBatch(next_offset, max_timestamp, size))
+            next_offset += header.last_offset_delta + 1
+            record_count += header.records_count
+            position += size
+        if position != len(view):
+            raise ValueError(f"batch headers cover {position} bytes of {len(view)}")
+        segment = self._segment_for(position, next_offset - 1, now_ms)
+        segment.append(buffers, appended, next_offset)
+        self.high_watermark = next_offset
+        self._unflushed_records += record_count
+        if 0 < self.config.flush_messages <= self._unflushed_records:
+            self.flush()
+        return AppendInfo(
+            base_offset, next_offset - 1, record_count, now_ms if log_append_time else -1
+        )
+
+    def _segment_for(self, size: int, last_offset: int, now_ms: int) -> Segment:
+        """The active segment, rolled first if ``size`` more bytes up to ``last_offset``
+        would overfill it or it is older than segment.ms."""
+        active = self._segments[-1]
+        if active.size and (
+            active.size + size > min(self.config.segment_bytes, _MAX_RELATIVE)
+            or last_offset - active.base_offset > _MAX_RELATIVE
+            or now_ms - active.created_ms >= self.config.segment_ms
+        ):
+            active = self._roll(now_ms)
+        return active
+
+    def _roll(self, now_ms: int) -> Segment:
+        segment = Segment.create(
+            self.directory,
+            self.log_end_offset,
+            index_interval_bytes=self.config.index_interval_bytes,
+            now_ms=now_ms,
+        )
+        self._segments[-1].seal()
+        self._segments.append(segment)
+        self._bases.append(segment.base_offset)
+        self._directory_dirty = True
+        logger.debug(
+            "%s-%d: rolled a new segment at offset %d",
+            self.topic,
+            self.partition,
+            segment.base_offset,
+        )
+        return segment
+
+    def roll_if_due(self, now_ms: int) -> None:
+        """Roll a non-empty active segment older than segment.ms, though nothing is appended."""
+        active = self._segments[-1]
+        if active.size and now_ms - active.created_ms >= self.config.segment_ms:
+            self._roll(now_ms)
+
+    # Reading
+
+    def read(self, offset: int, max_bytes: int, *, upper_offset: int | None = None) -> bytes:
+        """Whole batches from the one holding ``offset``, below ``upper_offset`` (default: the
+        high watermark), within ``max_bytes`` except that the first batch is always whole."""
+        if offset < self.log_start_offset or offset > self.log_end_offset:
+            raise OffsetOutOfRange(offset, self.log_start_offset, self.log_end_offset)
+        upper = self.high_watermark if upper_offset is None else upper_offset
+        if offset >= upper:
+            return b""
+        # A segment may end before the next one starts (a cut tail): read on from the next.
+        for index in range(bisect_right(self._bases, offset) - 1, len(self._segments)):
+            data = self._segments[index].read(offset, max_bytes, upper)
+            if data is not None:
+                return data
+        return b""
+
+    def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
+        """``(offset, timestamp)`` of the first record with a timestamp >= ``timestamp_ms``."""
+        for segment in self._segments:
+            found = segment.offset_for_timestamp(timestamp_ms)
+            if found is not None:
+                return found
+        return None
+
+    # Retention
+
+    def enforce_retention(self, now_ms: int) -> int:
+        """Delete the oldest segments beyond retention.ms and retention.bytes; returns how many."""
+        deleted = 0
+        retention_ms = self.config.retention_ms
+        if retention_ms >= 0:
+            deleted += self._delete_oldest(
+                lambda segment: now_ms - segment.largest_timestamp > retention_ms,
+                now_ms,
+                "retention.ms",
+            )
+        if self.config.retention_bytes >= 0:
+            excess = self.size_bytes - self.config.retention_bytes
+
+            def beyond_size(segment: Segment) -> bool:
+                nonlocal excess
+                if excess - segment.size < 0:
+                    return False
+                excess -= segment.size
+                return True
+
+            deleted += self._delete_oldest(beyond_size, now_ms, "retention.bytes")
+        return deleted
+
+    def _delete_oldest(self, expired: Callable[[Segment], bool], now_ms: int, reason: str) -> int:
+        """Delete the longest run of oldest segments that are ``expired`` and wholly below the
+        high watermark. An expired, non-empty active segment is rolled first so that it can
+        go too (as in Kafka); the empty active segment always stays."""
+        count = 0
+        for index, segment in enumerate(self._segments):
+            is_last = index == len(self._segments) - 1
+            end_offset = self.log_end_offset if is_last else self._bases[index + 1]
+            if (
+                self.high_watermark < end_offset
+                or (is_last and not segment.size)
+                or not expired(segment)
+            ):
+                break
+            count += 1
+        if not count:
+            return 0
+        if count == len(self._segments):
+            self._roll(now_ms)
+        doomed = self._segments[:count]
+        del self._segments[:count]
+        del self._bases[:count]
+        self._directory_dirty = True
+        for segment in doomed:
+            segment.delete()
+        logger.info(
+            "%s-%d: deleted %d segments beyond %s; log start offset is now %d",
+            self.topic,
+            self.partition,
+            count,
+            reason,
+            self.log_start_offset,
+        )
+        return count
+
+    # Durability and lifecycle
+
+    def flush(self) -> None:
+        """fsync whatever changed since the last flush (flush.messages, flush.ms, close)."""
+        for segment in self._segments:
+            segment.flush()
+        if self._directory_dirty:
+            fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._directory_dirty = False
+        self._unflushed_records = 0
+        self.last_flush_ms = wall_clock_ms()
+
+    def update_config(self, config: LogConfig) -> None:
+        """Apply new topic configs; sizes and ages count from the next append or check."""
+        self.config = config
+        self._segments[-1].index_interval_bytes = config.index_interval_bytes
+
+    def close(self) -> None:
+        """Flush and close the files; the log must not be used afterwards."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            for segment in self._segments:
+                segment.close()
+            self._closed = True
+
+    def delete(self) -> None:
+        """Close the log and remove its directory."""
+        if not self._closed:
+            for segment in self._segments:
+                segment.close()
+            self._closed = True
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self.directory)
+        logger.info("%s-%d: deleted the log", self.topic, self.partition)
+
+
+def _segment_base_offsets(directory: Path) -> list[int]:
+    """Base offsets of the segments in ``directory``, ascending; index files without a log
+    file (left by a crash while a segment was deleted) are removed."""
+    bases: set[int] = set()
+    indexes: list[tuple[int, Path]] = []
+    for path in directory.iterdir():
+        match = _SEGMENT_NAME.match(path.name)
+        if match is None:
+            continue
+        base_offset = int(match.group(1))
+        if match.group(2) == LOG_SUFFIX:
+            bases.add(base_offset)
+        elif match.group(2) in (INDEX_SUFFIX, TIME_INDEX_SUFFIX):
+            indexes.append((base_offset, path))
+    for base_offset, path in indexes:
+        if base_offset not in bases:
+            path.unlink(missing_ok=True)
+    return sorted(bases)
