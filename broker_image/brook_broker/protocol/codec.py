@@ -25,6 +25,9 @@ from kio.schema.response_header.v1.header import ResponseHeader as ResponseHeade
 from kio.serial import entity_reader, entity_writer
 from kio.static.protocol import Entity
 
+from . import legacy_produce
+
+PRODUCE_KEY = 0
 API_VERSIONS_KEY = 18
 _API_KEY_AND_VERSION = struct.Struct(">hhi")
 _SIZE = struct.Struct(">i")
@@ -70,21 +73,21 @@ def decode_request(frame: memoryview, supported: Mapping[int, tuple[int, int]]) 
     versions = supported.get(api_key)
     if versions is None or not versions[0] <= api_version <= versions[1]:
         raise UnsupportedRequest(api_key, api_version, correlation_id)
-    request_type, header_reader = _request_codec(api_key, api_version)
+    name, header_reader, body_reader = _request_codec(api_key, api_version)
     try:
         header, offset = header_reader(frame, 0)
-        body, size = _reader(request_type)(frame, offset)
+        body = body_reader(frame, offset)
     except Exception as error:  # kio raises a variety of errors on bad bytes
-        raise MalformedRequest(f"cannot decode {request_type.__name__}: {error}") from error
-    if offset + size != len(frame):
-        raise MalformedRequest(
-            f"{request_type.__name__} has {len(frame) - offset - size} unexpected trailing bytes"
-        )
+        raise MalformedRequest(f"cannot decode {name}: {error}") from error
+    # Bytes after the body are ignored, as Kafka does: librdkafka's Metadata v9+ request
+    # for all topics carries 3 stray bytes (an unshrunk 4-byte array count placeholder).
     return Request(api_key, api_version, correlation_id, header.client_id, body)
 
 
 def encode_response(request: Request, body: Mapping[str, Any]) -> bytes:
     """The response frame for ``request``, size prefix included."""
+    if _is_legacy_produce(request.api_key, request.api_version):
+        return legacy_produce.encode(request.api_version, request.correlation_id, body)
     response_type = load_response_schema(request.api_key, request.api_version)
     return encode_frame(response_type, request.correlation_id, build(response_type, body))
 
@@ -135,12 +138,22 @@ class _Field:
 
 
 @cache
-def _request_codec(api_key: int, api_version: int) -> tuple[type[Entity], Callable[..., Any]]:
+def _request_codec(
+    api_key: int, api_version: int
+) -> tuple[str, Callable[..., Any], Callable[[memoryview, int], Any]]:
+    """Name, header reader and body decoder of one request version."""
+    if _is_legacy_produce(api_key, api_version):
+        return "ProduceRequest", _reader(RequestHeaderV1), legacy_produce.decode
     request_type = load_request_schema(api_key, api_version)
     header_type = request_type.__header_schema__
     if header_type not in (RequestHeaderV1, RequestHeaderV2):
         raise UnsupportedRequest(api_key, api_version, -1)
-    return request_type, _reader(header_type)
+    read_body = _reader(request_type)
+    return request_type.__name__, _reader(header_type), lambda frame, at: read_body(frame, at)[0]
+
+
+def _is_legacy_produce(api_key: int, api_version: int) -> bool:
+    return api_key == PRODUCE_KEY and api_version <= legacy_produce.LAST_LEGACY_VERSION
 
 
 @cache
@@ -163,19 +176,30 @@ def _describe(field: dataclasses.Field[Any]) -> _Field:
         field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
     )
     field_type = field.type
+    optional = type(None) in get_args(field_type)
+    if optional:
+        # Nullable fields (``X | None``), arrays of entities included, are built like X.
+        field_type = next(arg for arg in get_args(field_type) if arg is not type(None))
+    convert: Callable[[Any], Any]
     if get_origin(field_type) is tuple:
         inner = get_args(field_type)[0]
-        if dataclasses.is_dataclass(inner):
-            return _Field(field.name, _entity_tuple(inner), not has_default, ())
-        return _Field(field.name, tuple, not has_default, ())
-    if dataclasses.is_dataclass(field_type):
-        return _Field(field.name, lambda value: build(field_type, value), not has_default, None)
-    optional = type(None) in get_args(field_type)
-    kafka_type = field.metadata.get("kafka_type", "")
-    convert, zero = _PRIMITIVES.get(kafka_type, (_same, 0))
+        convert = _entity_tuple(inner) if dataclasses.is_dataclass(inner) else tuple
+        zero: Any = ()
+    elif dataclasses.is_dataclass(field_type):
+        convert, zero = _entity(field_type), None
+    else:
+        convert, zero = _PRIMITIVES.get(field.metadata.get("kafka_type", ""), (_same, 0))
     if optional:
-        zero = None
+        convert, zero = _nullable(convert), None
     return _Field(field.name, convert, not has_default, zero)
+
+
+def _nullable(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else convert(value)
+
+
+def _entity(entity_type: type[Entity]) -> Callable[[Any], Any]:
+    return lambda value: value if isinstance(value, entity_type) else build(entity_type, value)
 
 
 def _entity_tuple(inner: type[Entity]) -> Callable[[Any], tuple[Any, ...]]:

@@ -1,0 +1,54 @@
+"""ApiVersions: the APIs and versions this broker implements, advertised exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..protocol.codec import Request
+from .context import ApiContext
+
+PRODUCE = 0
+FETCH = 1
+LIST_OFFSETS = 2
+METADATA = 3
+FIND_COORDINATOR = 10
+API_VERSIONS = 18
+CREATE_TOPICS = 19
+DELETE_TOPICS = 20
+INIT_PRODUCER_ID = 22
+DESCRIBE_CONFIGS = 32
+CREATE_PARTITIONS = 37
+INCREMENTAL_ALTER_CONFIGS = 44
+
+SUPPORTED_VERSIONS: Mapping[int, tuple[int, int]] = {
+    PRODUCE: (0, 9),  # 0-2 only so that librdkafka compresses; see legacy_produce
+    FETCH: (4, 12),  # 13+ addresses topics by id
+    LIST_OFFSETS: (1, 7),
+    METADATA: (1, 12),  # 13 adds a top-level error code; clients work with 12
+    FIND_COORDINATOR: (0, 4),
+    API_VERSIONS: (0, 3),
+    CREATE_TOPICS: (2, 7),
+    DELETE_TOPICS: (1, 6),
+    INIT_PRODUCER_ID: (0, 4),
+    DESCRIBE_CONFIGS: (1, 4),
+    CREATE_PARTITIONS: (0, 3),
+    INCREMENTAL_ALTER_CONFIGS: (0, 1),
+}
+
+
+_BODY: Mapping[str, Any] = {
+    "error_code": 0,
+    "api_keys": [
+        {"api_key": key, "min_version": low, "max_version": high}
+        for key, (low, high) in sorted(SUPPORTED_VERSIONS.items())
+    ],
+}
+
+
+def api_versions_body() -> Mapping[str, Any]:
+    return _BODY
+
+
+async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
+    return _BODY

@@ -1,0 +1,77 @@
+"""Routes each decoded request to its API's handler, and counts and times it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from kio.index import load_request_schema
+
+from .. import metrics
+from ..protocol.codec import Request
+from . import (
+    api_versions,
+    configs,
+    coordinator,
+    fetch,
+    list_offsets,
+    metadata,
+    produce,
+    producer_ids,
+    topics,
+)
+from .api_versions import SUPPORTED_VERSIONS
+from .context import ApiContext
+from .errors import api_name
+
+Handler = Callable[[ApiContext, Request], Awaitable[Mapping[str, Any] | None]]
+
+HANDLERS: Mapping[int, Handler] = {
+    api_versions.PRODUCE: produce.handle,
+    api_versions.FETCH: fetch.handle,
+    api_versions.LIST_OFFSETS: list_offsets.handle,
+    api_versions.METADATA: metadata.handle,
+    api_versions.FIND_COORDINATOR: coordinator.handle,
+    api_versions.API_VERSIONS: api_versions.handle,
+    api_versions.CREATE_TOPICS: topics.create_topics,
+    api_versions.DELETE_TOPICS: topics.delete_topics,
+    api_versions.INIT_PRODUCER_ID: producer_ids.handle,
+    api_versions.DESCRIBE_CONFIGS: configs.describe_configs,
+    api_versions.CREATE_PARTITIONS: topics.create_partitions,
+    api_versions.INCREMENTAL_ALTER_CONFIGS: configs.incremental_alter_configs,
+}
+
+
+class _Route:
+    """A handler with its metric children, looked up once rather than per request."""
+
+    __slots__ = ("handler", "latency", "requests")
+
+    def __init__(self, api_key: int, handler: Handler) -> None:
+        name = api_name(load_request_schema(api_key, SUPPORTED_VERSIONS[api_key][1]))
+        self.handler = handler
+        self.requests = metrics.REQUESTS.labels(api=name)
+        self.latency = metrics.REQUEST_LATENCY.labels(api=name)
+
+
+class Dispatcher:
+    """The broker side of :class:`~brook_broker.protocol.server.KafkaServer`."""
+
+    supported_versions: Mapping[int, tuple[int, int]] = SUPPORTED_VERSIONS
+
+    def __init__(self, context: ApiContext) -> None:
+        self._context = context
+        self._routes = {key: _Route(key, handler) for key, handler in HANDLERS.items()}
+
+    async def handle(self, request: Request) -> Mapping[str, Any] | None:
+        route = self._routes[request.api_key]
+        route.requests.inc()
+        started = time.perf_counter()
+        try:
+            return await route.handler(self._context, request)
+        finally:
+            route.latency.observe(time.perf_counter() - started)
+
+    def api_versions_body(self) -> Mapping[str, Any]:
+        return api_versions.api_versions_body()

@@ -1,0 +1,142 @@
+"""Fetch: raw record batches from the partition logs, with long polling.
+
+A fetch that finds fewer than ``min_bytes`` waits, up to ``max_wait_ms``, for an append
+to one of its partitions, then reads again; without this consumers would spin. Byte
+limits follow KIP-74: the first batch of the first partition that has data is returned
+whole even when it is larger than the limits, so a consumer can always make progress;
+later partitions only get what still fits. There are no incremental fetch sessions:
+every answer carries session id 0, which tells clients to send full fetches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from .. import metrics
+from ..protocol.codec import Request
+from ..storage.batch import iter_headers
+from ..storage.log import OffsetOutOfRange
+from .context import ApiContext
+from .errors import count_error, leader_epoch_error
+
+_FINAL_EPOCH = -1
+"""A session epoch that closes a session; with session id 0 it asks for a full fetch."""
+
+
+@dataclass(slots=True)
+class _Result:
+    topic: str
+    partition: int
+    error_code: ErrorCode
+    high_watermark: int = -1
+    log_start_offset: int = -1
+    records: bytes = b""
+
+
+async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
+    body = request.body
+    if getattr(body, "session_id", 0) != 0 and getattr(body, "session_epoch", -1) != _FINAL_EPOCH:
+        count_error(request, ErrorCode.fetch_session_id_not_found)
+        return {
+            "error_code": ErrorCode.fetch_session_id_not_found,
+            "session_id": 0,
+            "responses": [],
+        }
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + body.max_wait.total_seconds()
+    while True:
+        results, total_bytes, failed = _read(context, body)
+        remaining = deadline - loop.time()
+        if total_bytes >= body.min_bytes or failed or remaining <= 0:
+            break
+        await context.appends.wait(((r.topic, r.partition) for r in results), remaining)
+    return _response(request, results)
+
+
+def _read(context: ApiContext, body: Any) -> tuple[list[_Result], int, bool]:
+    """One pass over the requested partitions: results, bytes found, whether any failed."""
+    results: list[_Result] = []
+    total_bytes = 0
+    failed = False
+    for fetch_topic in body.topics:
+        for fetch_partition in fetch_topic.partitions:
+            result = _read_partition(
+                context,
+                fetch_topic.topic,
+                fetch_partition,
+                body.max_bytes - total_bytes,
+                first=total_bytes == 0,
+            )
+            total_bytes += len(result.records)
+            failed = failed or result.error_code != ErrorCode.none
+            results.append(result)
+    return results, total_bytes, failed
+
+
+def _read_partition(
+    context: ApiContext, topic_name: str, fetch: Any, response_bytes_left: int, *, first: bool
+) -> _Result:
+    index = fetch.partition
+    topic = context.topics.get(topic_name)
+    partition_log = None
+    if topic is not None and 0 <= index < topic.partitions:
+        partition_log = context.logs.get(topic_name, index)
+    if partition_log is None:
+        return _Result(topic_name, index, ErrorCode.unknown_topic_or_partition)
+    result = _Result(
+        topic_name,
+        index,
+        leader_epoch_error(getattr(fetch, "current_leader_epoch", -1)),
+        partition_log.high_watermark,
+        partition_log.log_start_offset,
+    )
+    if result.error_code != ErrorCode.none:
+        return result
+    limit = min(fetch.partition_max_bytes, response_bytes_left)
+    if limit <= 0 and not first:
+        return result  # the response is full; the client asks again
+    try:
+        records = partition_log.read(fetch.fetch_offset, max(limit, 0))
+    except OffsetOutOfRange:
+        result.error_code = ErrorCode.offset_out_of_range
+        return result
+    if len(records) <= limit or first:
+        result.records = records
+    return result
+
+
+def _response(request: Request, results: list[_Result]) -> Mapping[str, Any]:
+    topics: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        if result.error_code != ErrorCode.none:
+            count_error(request, result.error_code)
+        elif result.records:
+            metrics.BYTES_OUT.labels(topic=result.topic).inc(len(result.records))
+            metrics.RECORDS_OUT.labels(topic=result.topic).inc(
+                sum(header.records_count for _, header in iter_headers(result.records))
+            )
+        topics.setdefault(result.topic, []).append(
+            {
+                "partition_index": result.partition,
+                "error_code": result.error_code,
+                "high_watermark": result.high_watermark,
+                # No transactions: everything below the high watermark is stable.
+                "last_stable_offset": result.high_watermark,
+                "log_start_offset": result.log_start_offset,
+                "aborted_transactions": None,
+                "preferred_read_replica": -1,
+                "records": result.records,
+            }
+        )
+    return {
+        "error_code": ErrorCode.none,
+        "session_id": 0,
+        "responses": [
+            {"topic": topic, "partitions": partitions} for topic, partitions in topics.items()
+        ],
+    }

@@ -1,0 +1,93 @@
+"""ListOffsets: the earliest and latest offsets of a partition, or the offset for a time.
+
+Special timestamps: -2 is the log start offset, -1 the high watermark (the next offset a
+consumer would read, which is also the last stable offset without transactions), and
+from v7 -3 the record with the largest timestamp. Any other timestamp finds the first
+record whose timestamp is at least that, through the time index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from ..protocol.codec import Request
+from ..storage.log import PartitionLog
+from .context import ApiContext
+from .errors import LEADER_EPOCH, count_error, leader_epoch_error
+
+LATEST = -1
+EARLIEST = -2
+MAX_TIMESTAMP = -3
+_MAX_TIMESTAMP_VERSION = 7
+_INT64_MIN = -(2**63)
+
+
+async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
+    topics = []
+    for list_topic in request.body.topics:
+        partitions = []
+        for list_partition in list_topic.partitions:
+            answer = _list(context, request, list_topic.name, list_partition)
+            if answer["error_code"] != ErrorCode.none:
+                count_error(request, answer["error_code"])
+            partitions.append(answer)
+        topics.append({"name": list_topic.name, "partitions": partitions})
+    return {"topics": topics}
+
+
+def _list(context: ApiContext, request: Request, topic_name: str, requested: Any) -> dict[str, Any]:
+    index = requested.partition_index
+    answer: dict[str, Any] = {
+        "partition_index": index,
+        "error_code": ErrorCode.none,
+        "timestamp": -1,
+        "offset": -1,
+        "leader_epoch": -1,
+    }
+    topic = context.topics.get(topic_name)
+    partition_log = None
+    if topic is not None and 0 <= index < topic.partitions:
+        partition_log = context.logs.get(topic_name, index)
+    if partition_log is None:
+        answer["error_code"] = ErrorCode.unknown_topic_or_partition
+        return answer
+    answer["error_code"] = leader_epoch_error(getattr(requested, "current_leader_epoch", -1))
+    if answer["error_code"] != ErrorCode.none:
+        return answer
+    timestamp = requested.timestamp
+    if timestamp == LATEST:
+        found: tuple[int, int] | None = (partition_log.high_watermark, -1)
+    elif timestamp == EARLIEST:
+        found = (partition_log.log_start_offset, -1)
+    elif timestamp == MAX_TIMESTAMP and request.api_version >= _MAX_TIMESTAMP_VERSION:
+        found = _max_timestamp(partition_log)
+    else:
+        found = partition_log.offset_for_timestamp(timestamp)
+    if found is not None and found[0] <= partition_log.high_watermark:
+        answer["offset"], answer["timestamp"] = found
+        answer["leader_epoch"] = LEADER_EPOCH
+    return answer
+
+
+def _max_timestamp(partition_log: PartitionLog) -> tuple[int, int] | None:
+    """The first record with the largest timestamp, as (offset, timestamp).
+
+    The time index answers "first record at or after time t"; that answer exists exactly
+    while t is at most the largest timestamp, so a binary search over t finds it, each
+    found record raising the lower bound straight to its own timestamp.
+    """
+    best = partition_log.offset_for_timestamp(_INT64_MIN)
+    if best is None:
+        return None
+    low, high = best[1], 2**63  # a timestamp in the log; one no record reaches
+    while high - low > 1:
+        middle = (low + high) // 2
+        candidate = partition_log.offset_for_timestamp(middle)
+        if candidate is None:
+            high = middle
+        else:
+            best, low = candidate, candidate[1]
+    return best

@@ -1,0 +1,120 @@
+"""Metadata: this broker, the cluster id, and topics with their partitions and leaders.
+
+On a single broker every partition is led by this broker in leader epoch 0, with itself
+as the only replica and in-sync replica. Unknown topics are created here when the broker
+allows auto-creation and the client does too (``allow_auto_topic_creation``, v4+).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from ..metadata.errors import ApiError
+from ..metadata.topics import Topic, validate_topic_name
+from ..protocol.codec import Request
+from .context import ApiContext
+from .errors import LEADER_EPOCH, count_error
+
+_ZERO_ID = uuid.UUID(int=0)
+_NOT_REQUESTED = -(2**31)
+# Kafka's AclOperation codes: without authorization, every operation is allowed.
+_TOPIC_OPERATIONS = sum(1 << operation for operation in (3, 4, 5, 6, 7, 8, 10, 11))
+_CLUSTER_OPERATIONS = sum(1 << operation for operation in (5, 7, 8, 9, 10, 11, 12))
+
+
+async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
+    body = request.body
+    include_operations = getattr(body, "include_topic_authorized_operations", False)
+    if body.topics is None:
+        topics = [
+            _describe(context, topic, include_operations) for topic in context.topics.list_topics()
+        ]
+    else:
+        allow_creation = getattr(body, "allow_auto_topic_creation", True)
+        seen: set[str | uuid.UUID] = set()
+        topics = []
+        for requested in body.topics:
+            key = requested.name if requested.name is not None else requested.topic_id
+            if key in seen:
+                continue
+            seen.add(key)
+            topics.append(_lookup(context, request, requested, allow_creation, include_operations))
+    host, port = context.advertised_address
+    node_id = context.config.node_id
+    return {
+        "brokers": [{"node_id": node_id, "host": host, "port": port, "rack": None}],
+        "cluster_id": context.config.cluster_id,
+        "controller_id": node_id,
+        "topics": topics,
+        "cluster_authorized_operations": (
+            _CLUSTER_OPERATIONS
+            if getattr(body, "include_cluster_authorized_operations", False)
+            else _NOT_REQUESTED
+        ),
+    }
+
+
+def _lookup(
+    context: ApiContext,
+    request: Request,
+    requested: Any,
+    allow_creation: bool,
+    include_operations: bool,
+) -> dict[str, Any]:
+    name: str | None = requested.name
+    if name is None:
+        topic_id = getattr(requested, "topic_id", None) or _ZERO_ID
+        topic = context.topics.get_by_id(topic_id)
+        if topic is None:
+            error = (
+                ErrorCode.unknown_topic_id if topic_id != _ZERO_ID else ErrorCode.invalid_request
+            )
+            return _error(request, error, None, topic_id)
+        return _describe(context, topic, include_operations)
+    topic = context.topics.get(name)
+    if topic is not None:
+        return _describe(context, topic, include_operations)
+    try:
+        validate_topic_name(name)
+        if not (allow_creation and context.config.auto_create_topics):
+            return _error(request, ErrorCode.unknown_topic_or_partition, name, _ZERO_ID)
+        topic = context.create_topic(
+            name, context.config.num_partitions, context.config.default_replication_factor
+        )
+    except ApiError as error:
+        return _error(request, error.code, name, _ZERO_ID)
+    return _describe(context, topic, include_operations)
+
+
+def _describe(context: ApiContext, topic: Topic, include_operations: bool) -> dict[str, Any]:
+    node = [context.config.node_id]
+    return {
+        "error_code": ErrorCode.none,
+        "name": topic.name,
+        "topic_id": topic.topic_id,
+        "is_internal": False,
+        "partitions": [
+            {
+                "error_code": ErrorCode.none,
+                "partition_index": partition,
+                "leader_id": context.config.node_id,
+                "leader_epoch": LEADER_EPOCH,
+                "replica_nodes": node,
+                "isr_nodes": node,
+                "offline_replicas": [],
+            }
+            for partition in range(topic.partitions)
+        ],
+        "topic_authorized_operations": _TOPIC_OPERATIONS if include_operations else _NOT_REQUESTED,
+    }
+
+
+def _error(
+    request: Request, code: ErrorCode, name: str | None, topic_id: uuid.UUID
+) -> dict[str, Any]:
+    count_error(request, code)
+    return {"error_code": code, "name": name, "topic_id": topic_id, "partitions": []}

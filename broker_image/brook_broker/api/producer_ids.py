@@ -1,0 +1,42 @@
+"""InitProducerId: producer ids for idempotent producers.
+
+Every request gets a new producer id in epoch 0, as Kafka does for producers without a
+transactional id (a producer that bumps its epoch after an error is served the same
+way). Transactions are not supported: a transactional id is refused with
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED, which every client treats as fatal at once and
+reports as "this producer may not use that transactional id", instead of retrying a
+coordinator that will never appear.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from kio.schema.errors import ErrorCode
+
+from ..protocol.codec import Request
+from .context import ApiContext
+from .errors import count_error
+
+log = logging.getLogger(__name__)
+
+
+async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
+    if request.body.transactional_id is not None:
+        log.warning(
+            "refused a transactional producer: transactions are not supported",
+            extra={"transactional_id": request.body.transactional_id},
+        )
+        count_error(request, ErrorCode.transactional_id_authorization_failed)
+        return {
+            "error_code": ErrorCode.transactional_id_authorization_failed,
+            "producer_id": -1,
+            "producer_epoch": -1,
+        }
+    return {
+        "error_code": ErrorCode.none,
+        "producer_id": context.topics.allocate_producer_id(),
+        "producer_epoch": 0,
+    }

@@ -1,0 +1,1 @@
+"""Cluster metadata of this broker: topics, their configs, producer ids."""

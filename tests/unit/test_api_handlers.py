@@ -1,0 +1,722 @@
+"""Request handlers against real topic metadata and partition logs in a temporary directory.
+
+Each call goes through the dispatcher, and every response is encoded in the version that
+was asked for and decoded back with kio, so a field a version lacks or a wrong type in a
+handler's answer fails here rather than on a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from brook_broker.api.context import ApiContext
+from brook_broker.api.dispatcher import Dispatcher
+from brook_broker.config import BrokerConfig
+from brook_broker.metadata.topics import TopicRegistry
+from brook_broker.protocol import codec
+from brook_broker.storage.manager import LogManager
+from crc32c import crc32c
+from kio.index import load_request_schema, load_response_schema
+from kio.schema.errors import ErrorCode
+from kio.schema.response_header.v0.header import ResponseHeader as ResponseHeaderV0
+from kio.schema.response_header.v1.header import ResponseHeader as ResponseHeaderV1
+from kio.serial import entity_reader
+
+PRODUCE, FETCH, LIST_OFFSETS, METADATA, API_VERSIONS = 0, 1, 2, 3, 18
+CREATE_TOPICS, DELETE_TOPICS, INIT_PRODUCER_ID, DESCRIBE_CONFIGS = 19, 20, 22, 32
+CREATE_PARTITIONS, INCREMENTAL_ALTER_CONFIGS = 37, 44
+NODE = 5
+
+
+# --- record batches --------------------------------------------------------------------
+
+
+def _varint(value: int) -> bytes:
+    zigzag = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while True:
+        byte = zigzag & 0x7F
+        zigzag >>= 7
+        if zigzag:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def batch(
+    values: Sequence[bytes],
+    timestamps: Sequence[int] | None = None,
+    *,
+    magic: int = 2,
+    attributes: int = 0,
+) -> bytes:
+    """An uncompressed v2 record batch, as a producer would send it (base offset 0)."""
+    timestamps = list(timestamps or [1_700_000_000_000] * len(values))
+    base_timestamp = timestamps[0]
+    records = bytearray()
+    for delta, (value, timestamp) in enumerate(zip(values, timestamps, strict=True)):
+        body = (
+            b"\x00"
+            + _varint(timestamp - base_timestamp)
+            + _varint(delta)
+            + _varint(-1)
+            + _varint(len(value))
+            + value
+            + _varint(0)
+        )
+        records += _varint(len(body)) + body
+    after_crc = struct.pack(
+        ">hiqqqhii",
+        attributes,
+        len(values) - 1,
+        base_timestamp,
+        max(timestamps),
+        -1,
+        -1,
+        -1,
+        len(values),
+    ) + bytes(records)
+    crc = crc32c(after_crc)
+    batch_length = 4 + 1 + 4 + len(after_crc)
+    return struct.pack(">qiibI", 0, batch_length, -1, magic, crc) + after_crc
+
+
+# --- harness ---------------------------------------------------------------------------
+
+
+@dataclass
+class Broker:
+    context: ApiContext
+    dispatcher: Dispatcher
+    logs: LogManager
+
+    async def call(self, api_key: int, version: int, body: dict[str, Any]) -> Any:
+        request_type = load_request_schema(api_key, version)
+        request = codec.Request(api_key, version, 7, "test", codec.build(request_type, body))
+        answer = await self.dispatcher.handle(request)
+        if answer is None:
+            return None
+        frame = codec.encode_response(request, answer)
+        response_type = load_response_schema(api_key, version)
+        flexible = response_type.__flexible__ and api_key != API_VERSIONS
+        view = memoryview(frame[4:]).toreadonly()
+        _, offset = entity_reader(ResponseHeaderV1 if flexible else ResponseHeaderV0)(view, 0)
+        decoded, _ = entity_reader(response_type)(view, offset)
+        return decoded
+
+    async def produce(
+        self, topic: str, partition: int, records: bytes, *, acks: int = 1, version: int = 9
+    ) -> Any:
+        response = await self.call(
+            PRODUCE,
+            version,
+            {
+                "acks": acks,
+                "timeout": 1000,
+                "topic_data": [
+                    {"name": topic, "partition_data": [{"index": partition, "records": records}]}
+                ],
+            },
+        )
+        return None if response is None else response.responses[0].partition_responses[0]
+
+    async def fetch(
+        self,
+        partitions: list[tuple[str, int, int]],
+        *,
+        version: int = 12,
+        max_wait_ms: int = 0,
+        min_bytes: int = 0,
+        max_bytes: int = 10**8,
+        partition_max_bytes: int = 10**7,
+    ) -> list[Any]:
+        topics: dict[str, list[dict[str, Any]]] = {}
+        for topic, partition, offset in partitions:
+            topics.setdefault(topic, []).append(
+                {
+                    "partition": partition,
+                    "fetch_offset": offset,
+                    "partition_max_bytes": partition_max_bytes,
+                }
+            )
+        response = await self.call(
+            FETCH,
+            version,
+            {
+                "max_wait": max_wait_ms,
+                "min_bytes": min_bytes,
+                "max_bytes": max_bytes,
+                "topics": [{"topic": t, "partitions": p} for t, p in topics.items()],
+            },
+        )
+        assert getattr(response, "error_code", ErrorCode.none) == ErrorCode.none
+        return [p for topic in response.responses for p in topic.partitions]
+
+    async def create(self, name: str, partitions: int = 1, **extra: Any) -> Any:
+        response = await self.call(
+            CREATE_TOPICS,
+            7,
+            {
+                "topics": [
+                    {
+                        "name": name,
+                        "num_partitions": partitions,
+                        "replication_factor": 1,
+                        "assignments": [],
+                        "configs": [],
+                        **extra,
+                    }
+                ]
+            },
+        )
+        return response.topics[0]
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    config = BrokerConfig(
+        node_id=NODE,
+        data_dir=tmp_path,
+        listen="127.0.0.1:9092",
+        auto_create_topics=True,
+        num_partitions=2,
+        message_max_bytes=10_000,
+    )
+    logs = LogManager(tmp_path)
+    context = ApiContext(config, TopicRegistry(tmp_path / "metadata"), logs)
+    yield Broker(context, Dispatcher(context), logs)
+    logs.close()
+
+
+# --- ApiVersions and Metadata ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", range(4))
+async def test_api_versions(broker: Broker, version: int) -> None:
+    response = await broker.call(API_VERSIONS, version, {})
+    keys = {key.api_key: (key.min_version, key.max_version) for key in response.api_keys}
+    assert keys[METADATA] == (1, 12) and keys[FETCH] == (4, 12)
+
+
+@pytest.mark.parametrize("version", [1, 4, 9, 12])
+async def test_metadata_auto_creates_and_describes_this_broker(
+    broker: Broker, version: int
+) -> None:
+    response = await broker.call(METADATA, version, {"topics": [{"name": "auto"}]})
+    assert [(b.node_id, b.host, b.port) for b in response.brokers] == [(NODE, "127.0.0.1", 9092)]
+    assert response.controller_id == NODE
+    topic = response.topics[0]
+    assert (topic.error_code, topic.name) == (ErrorCode.none, "auto")
+    assert [p.partition_index for p in topic.partitions] == [0, 1]
+    assert all(p.leader_id == NODE and p.isr_nodes == (NODE,) for p in topic.partitions)
+    assert broker.logs.get("auto", 1) is not None
+    if version >= 10:
+        again = await broker.call(METADATA, version, {"topics": None})
+        assert topic.topic_id.int != 0 and again.topics[0].topic_id == topic.topic_id
+
+
+async def test_metadata_refuses_what_it_cannot_create(broker: Broker) -> None:
+    response = await broker.call(
+        METADATA,
+        9,
+        {
+            "topics": [{"name": "no-auto"}, {"name": "bad name"}],
+            "allow_auto_topic_creation": False,
+        },
+    )
+    assert [t.error_code for t in response.topics] == [
+        ErrorCode.unknown_topic_or_partition,
+        ErrorCode.invalid_topic_exception,
+    ]
+    assert broker.context.topics.get("no-auto") is None
+
+
+async def test_metadata_by_topic_id(broker: Broker) -> None:
+    created = await broker.create("by-id")
+    response = await broker.call(
+        METADATA,
+        12,
+        {
+            "topics": [
+                {"topic_id": created.topic_id, "name": None},
+                {"topic_id": uuid.uuid4(), "name": None},
+            ]
+        },
+    )
+    assert response.topics[0].name == "by-id"
+    assert response.topics[1].error_code == ErrorCode.unknown_topic_id
+
+
+# --- Produce and Fetch -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [3, 5, 9])
+async def test_produce_then_fetch_returns_the_batches(broker: Broker, version: int) -> None:
+    await broker.create("t")
+    first = batch([b"a", b"b", b"c"])
+    second = batch([b"d"])
+    answers = [await broker.produce("t", 0, data, version=version) for data in (first, second)]
+    assert [(a.error_code, a.base_offset) for a in answers] == [(0, 0), (0, 3)]
+    if version >= 5:
+        assert answers[1].log_start_offset == 0
+    assert answers[0].log_append_time is None
+    for fetch_version in (4, 7, 11, 12):
+        [partition] = await broker.fetch([("t", 0, 0)], version=fetch_version)
+        assert partition.high_watermark == 4
+        assert partition.last_stable_offset == 4
+        records = partition.records
+        assert len(records) == len(first) + len(second)
+        assert struct.unpack_from(">q", records, len(first))[0] == 3  # offset assigned
+        assert records[8:][: len(first) - 8] == first[8:]
+
+
+async def test_log_append_time_is_reported(broker: Broker) -> None:
+    await broker.create(
+        "stamped", configs=[{"name": "message.timestamp.type", "value": "LogAppendTime"}]
+    )
+    before = time.time()
+    answer = await broker.produce("stamped", 0, batch([b"x"]))
+    assert answer.error_code == ErrorCode.none
+    assert before - 1 <= answer.log_append_time.timestamp() <= time.time() + 1
+
+
+@pytest.mark.parametrize(
+    ("records", "error"),
+    [
+        (batch([b"x"])[:-1], ErrorCode.corrupt_message),
+        (batch([b"x"])[:-1] + b"y", ErrorCode.corrupt_message),
+        (batch([b"x"], magic=1), ErrorCode.unsupported_for_message_format),
+        (batch([b"x" * 20_000]), ErrorCode.message_too_large),
+        (batch([b"x"], attributes=0x20), ErrorCode.invalid_record),
+    ],
+)
+async def test_bad_batches_are_refused_and_nothing_is_stored(
+    broker: Broker, records: bytes, error: ErrorCode
+) -> None:
+    await broker.create("t")
+    answer = await broker.produce("t", 0, records)
+    assert answer.error_code == error
+    assert answer.error_message
+    assert answer.base_offset == -1
+    log = broker.logs.get("t", 0)
+    assert log is not None and log.log_end_offset == 0
+
+
+async def test_produce_errors(broker: Broker) -> None:
+    await broker.create("t")
+    data = batch([b"x"])
+    assert (await broker.produce("missing", 0, data)).error_code == (
+        ErrorCode.unknown_topic_or_partition
+    )
+    assert (await broker.produce("t", 1, data)).error_code == ErrorCode.unknown_topic_or_partition
+    assert (await broker.produce("t", 0, data, acks=2)).error_code == (
+        ErrorCode.invalid_required_acks
+    )
+    assert await broker.produce("t", 0, data, acks=0) is None
+    await broker.create("strict", configs=[{"name": "min.insync.replicas", "value": "2"}])
+    assert (await broker.produce("strict", 0, data, acks=-1)).error_code == (
+        ErrorCode.not_enough_replicas
+    )
+    assert (await broker.produce("strict", 0, data, acks=1)).error_code == ErrorCode.none
+    log = broker.logs.get("t", 0)
+    assert log is not None and log.log_end_offset == 1  # only the acks=0 batch
+
+
+async def test_fetch_waits_for_an_append(broker: Broker) -> None:
+    await broker.create("t")
+    started = time.monotonic()
+    waiting = asyncio.ensure_future(broker.fetch([("t", 0, 0)], max_wait_ms=5000, min_bytes=1))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await broker.produce("t", 0, batch([b"late"]))
+    [partition] = await asyncio.wait_for(waiting, 2)
+    assert partition.records and time.monotonic() - started < 2
+
+
+async def test_fetch_gives_up_after_max_wait(broker: Broker) -> None:
+    await broker.create("t")
+    started = time.monotonic()
+    [partition] = await broker.fetch([("t", 0, 0)], max_wait_ms=200, min_bytes=1)
+    assert partition.error_code == ErrorCode.none and not partition.records
+    assert 0.15 < time.monotonic() - started < 2
+
+
+async def test_fetch_errors_answer_at_once(broker: Broker) -> None:
+    await broker.create("t")
+    await broker.produce("t", 0, batch([b"x"]))
+    started = time.monotonic()
+    partitions = await broker.fetch(
+        [("t", 0, 5), ("t", 7, 0), ("missing", 0, 0)], max_wait_ms=5000, min_bytes=1
+    )
+    assert [p.error_code for p in partitions] == [
+        ErrorCode.offset_out_of_range,
+        ErrorCode.unknown_topic_or_partition,
+        ErrorCode.unknown_topic_or_partition,
+    ]
+    assert partitions[0].high_watermark == 1 and partitions[0].log_start_offset == 0
+    assert time.monotonic() - started < 1
+
+
+async def test_fetch_byte_limits_follow_kip_74(broker: Broker) -> None:
+    await broker.create("t", partitions=2)
+    big = batch([b"x" * 3000])
+    for partition in (0, 1):
+        await broker.produce("t", partition, big)
+        await broker.produce("t", partition, big)
+    # The first partition with data returns its first batch even above the limits...
+    first, second = await broker.fetch(
+        [("t", 0, 0), ("t", 1, 0)], max_bytes=100, partition_max_bytes=100
+    )
+    assert len(first.records) == len(big)
+    assert second.records in (b"", None) and second.high_watermark == 2
+    # ...and the response limit is shared between partitions.
+    first, second = await broker.fetch([("t", 0, 0), ("t", 1, 0)], max_bytes=len(big) * 3)
+    assert len(first.records) == 2 * len(big) and len(second.records) == len(big)
+
+
+# --- ListOffsets -----------------------------------------------------------------------
+
+
+async def test_list_offsets(broker: Broker) -> None:
+    await broker.create("t")
+    await broker.produce("t", 0, batch([b"a", b"b"], [1000, 3000]))
+    await broker.produce("t", 0, batch([b"c", b"d"], [5000, 2000]))
+
+    async def offsets(version: int, timestamp: int) -> tuple[int, int]:
+        response = await broker.call(
+            LIST_OFFSETS,
+            version,
+            {
+                "replica_id": -1,
+                "topics": [
+                    {
+                        "name": "t",
+                        "partitions": [
+                            {
+                                "partition_index": 0,
+                                "timestamp": timestamp,
+                                "current_leader_epoch": -1,
+                            }
+                        ],
+                    }
+                ],
+            },
+        )
+        answer = response.topics[0].partitions[0]
+        assert answer.error_code == ErrorCode.none
+        return answer.offset, answer.timestamp
+
+    for version in (1, 2, 7):
+        assert (await offsets(version, -2))[0] == 0
+        assert (await offsets(version, -1))[0] == 4
+        assert await offsets(version, 2500) == (1, 3000)
+        assert await offsets(version, 9999) == (-1, -1)
+    assert await offsets(7, -3) == (2, 5000)
+
+
+async def test_list_offsets_errors(broker: Broker) -> None:
+    await broker.create("t")
+    response = await broker.call(
+        LIST_OFFSETS,
+        7,
+        {
+            "replica_id": -1,
+            "topics": [
+                {
+                    "name": "t",
+                    "partitions": [
+                        {"partition_index": 3, "timestamp": -1},
+                        {"partition_index": 0, "timestamp": -1, "current_leader_epoch": 9},
+                    ],
+                }
+            ],
+        },
+    )
+    assert [p.error_code for p in response.topics[0].partitions] == [
+        ErrorCode.unknown_topic_or_partition,
+        ErrorCode.unknown_leader_epoch,
+    ]
+
+
+# --- topics ----------------------------------------------------------------------------
+
+
+async def test_create_topics_reports_the_result(broker: Broker) -> None:
+    topic = await broker.create("new", 3, configs=[{"name": "retention.ms", "value": "100"}])
+    assert topic.error_code == ErrorCode.none and topic.topic_id.int != 0
+    assert (topic.num_partitions, topic.replication_factor) == (3, 1)
+    configs = {c.name: (c.value, c.config_source) for c in topic.configs}
+    assert configs["retention.ms"] == ("100", 1)
+    assert configs["segment.bytes"][1] == 5
+    log = broker.logs.get("new", 2)
+    assert log is not None and log.config.retention_ms == 100
+
+
+async def test_create_topics_errors(broker: Broker) -> None:
+    await broker.create("exists")
+
+    async def error(**topic: Any) -> tuple[ErrorCode, str]:
+        body = {
+            "name": "x",
+            "num_partitions": 1,
+            "replication_factor": 1,
+            "assignments": [],
+            "configs": [],
+            **topic,
+        }
+        for version in (2, 7):
+            response = await broker.call(CREATE_TOPICS, version, {"topics": [body]})
+            result = response.topics[0]
+        return result.error_code, result.error_message
+
+    assert (await error(name="exists"))[0] == ErrorCode.topic_already_exists
+    assert (await error(num_partitions=0))[0] == ErrorCode.invalid_partitions
+    code, message = await error(replication_factor=3)
+    assert code == ErrorCode.invalid_replication_factor and "larger than available brokers: 1" in (
+        message
+    )
+    assert (await error(name="bad/name"))[0] == ErrorCode.invalid_topic_exception
+    code, message = await error(configs=[{"name": "cleanup.policy", "value": "compact"}])
+    assert code == ErrorCode.invalid_config and "compaction is not supported" in message
+    assert (
+        await error(
+            num_partitions=-1,
+            replication_factor=-1,
+            assignments=[{"partition_index": 0, "broker_ids": [NODE + 1]}],
+        )
+    )[0] == (ErrorCode.invalid_replica_assignment)
+    assert broker.context.topics.get("x") is None
+
+
+async def test_create_topics_with_assignments_and_defaults(broker: Broker) -> None:
+    response = await broker.call(
+        CREATE_TOPICS,
+        7,
+        {
+            "topics": [
+                {
+                    "name": "assigned",
+                    "num_partitions": -1,
+                    "replication_factor": -1,
+                    "configs": [],
+                    "assignments": [{"partition_index": i, "broker_ids": [NODE]} for i in range(3)],
+                },
+                {
+                    "name": "defaults",
+                    "num_partitions": -1,
+                    "replication_factor": -1,
+                    "configs": [],
+                    "assignments": [],
+                },
+            ]
+        },
+    )
+    assert [(t.error_code, t.num_partitions) for t in response.topics] == [(0, 3), (0, 2)]
+
+
+async def test_create_topics_validate_only(broker: Broker) -> None:
+    response = await broker.call(
+        CREATE_TOPICS,
+        7,
+        {
+            "validate_only": True,
+            "topics": [
+                {
+                    "name": "dry",
+                    "num_partitions": 4,
+                    "replication_factor": 1,
+                    "assignments": [],
+                    "configs": [],
+                }
+            ],
+        },
+    )
+    assert response.topics[0].error_code == ErrorCode.none
+    assert response.topics[0].num_partitions == 4
+    assert broker.context.topics.get("dry") is None and broker.logs.get("dry", 0) is None
+
+
+async def test_delete_topics_by_name_and_id(broker: Broker) -> None:
+    await broker.create("one")
+    two = await broker.create("two")
+    response = await broker.call(
+        DELETE_TOPICS, 1, {"topic_names": ["one", "missing"], "timeout": 1000}
+    )
+    assert [r.error_code for r in response.responses] == [
+        ErrorCode.none,
+        ErrorCode.unknown_topic_or_partition,
+    ]
+    response = await broker.call(
+        DELETE_TOPICS,
+        6,
+        {
+            "timeout": 1000,
+            "topics": [
+                {"name": None, "topic_id": two.topic_id},
+                {"name": None, "topic_id": uuid.uuid4()},
+            ],
+        },
+    )
+    assert [(r.name, r.error_code) for r in response.responses] == [
+        ("two", ErrorCode.none),
+        (None, ErrorCode.unknown_topic_id),
+    ]
+    assert broker.context.topics.list_topics() == []
+    assert broker.logs.get("one", 0) is None and broker.logs.get("two", 0) is None
+
+
+async def test_create_partitions(broker: Broker) -> None:
+    await broker.create("t", 2)
+
+    async def grow(
+        count: int, assignments: list[list[int]] | None = None, validate_only: bool = False
+    ) -> Any:
+        response = await broker.call(
+            CREATE_PARTITIONS,
+            3,
+            {
+                "timeout": 1000,
+                "validate_only": validate_only,
+                "topics": [
+                    {
+                        "name": "t",
+                        "count": count,
+                        "assignments": None
+                        if assignments is None
+                        else [{"broker_ids": ids} for ids in assignments],
+                    }
+                ],
+            },
+        )
+        return response.results[0]
+
+    assert (await grow(4, validate_only=True)).error_code == ErrorCode.none
+    assert broker.logs.get("t", 2) is None
+    shrink = await grow(1)
+    assert shrink.error_code == ErrorCode.invalid_partitions and "higher than" in (
+        shrink.error_message
+    )
+    assert (await grow(4, [[NODE]])).error_code == ErrorCode.invalid_replica_assignment
+    assert (await grow(4, [[NODE], [NODE]])).error_code == ErrorCode.none
+    assert broker.logs.get("t", 3) is not None
+    assert (await grow(4)).error_code == ErrorCode.invalid_partitions
+
+
+# --- configs ---------------------------------------------------------------------------
+
+
+async def test_describe_configs(broker: Broker) -> None:
+    await broker.create("t", configs=[{"name": "retention.ms", "value": "1000"}])
+    for version in (1, 4):
+        response = await broker.call(
+            DESCRIBE_CONFIGS,
+            version,
+            {
+                "include_synonyms": True,
+                "include_documentation": True,
+                "resources": [
+                    {"resource_type": 2, "resource_name": "t", "configuration_keys": None},
+                    {
+                        "resource_type": 2,
+                        "resource_name": "t",
+                        "configuration_keys": ["segment.ms"],
+                    },
+                    {"resource_type": 4, "resource_name": str(NODE), "configuration_keys": None},
+                    {"resource_type": 2, "resource_name": "missing", "configuration_keys": None},
+                    {"resource_type": 4, "resource_name": "99", "configuration_keys": None},
+                ],
+            },
+        )
+        everything, one, node, missing, other_node = response.results
+        retention = next(c for c in everything.configs if c.name == "retention.ms")
+        assert (retention.value, retention.config_source, retention.read_only) == ("1000", 1, False)
+        assert [s.name for s in retention.synonyms] == ["retention.ms", "log.retention.ms"]
+        assert [c.name for c in one.configs] == ["segment.ms"]
+        broker_configs = {c.name: c for c in node.configs}
+        assert broker_configs["node.id"].value == str(NODE)
+        assert broker_configs["message.max.bytes"].config_source == 4
+        assert all(c.read_only for c in node.configs)
+        assert missing.error_code == ErrorCode.unknown_topic_or_partition
+        assert other_node.error_code == ErrorCode.invalid_request
+        if version >= 3:
+            assert retention.config_type == 5 and retention.documentation
+
+
+async def test_incremental_alter_configs(broker: Broker) -> None:
+    await broker.create("t", configs=[{"name": "retention.ms", "value": "1000"}])
+
+    async def alter(
+        *configs: tuple[str, int, str | None], validate_only: bool = False, resource_type: int = 2
+    ) -> tuple[ErrorCode, str | None]:
+        response = await broker.call(
+            INCREMENTAL_ALTER_CONFIGS,
+            1,
+            {
+                "validate_only": validate_only,
+                "resources": [
+                    {
+                        "resource_type": resource_type,
+                        "resource_name": "t",
+                        "configs": [
+                            {"name": n, "config_operation": op, "value": v} for n, op, v in configs
+                        ],
+                    }
+                ],
+            },
+        )
+        result = response.responses[0]
+        return result.error_code, result.error_message
+
+    assert (await alter(("retention.bytes", 0, "5000"), validate_only=True))[0] == 0
+    topic = broker.context.topics.get("t")
+    assert topic is not None and "retention.bytes" not in topic.configs
+    assert await alter(("retention.bytes", 0, "5000"), ("retention.ms", 1, None)) == (0, None)
+    topic = broker.context.topics.get("t")
+    assert topic is not None and dict(topic.configs) == {"retention.bytes": "5000"}
+    log = broker.logs.get("t", 0)
+    assert log is not None and log.config.retention_bytes == 5000
+    assert log.config.retention_ms == broker.context.config.log_retention_ms
+    assert (await alter(("cleanup.policy", 2, "delete")))[0] == ErrorCode.none
+    code, message = await alter(("cleanup.policy", 2, "compact"))
+    assert code == ErrorCode.invalid_config and "compaction" in (message or "")
+    code, message = await alter(("retention.ms", 2, "5"))
+    assert code == ErrorCode.invalid_config and "append is not allowed" in (message or "")
+    assert (await alter(("cleanup.policy", 3, "delete")))[0] == ErrorCode.invalid_config
+    assert (await alter(("nonsense", 0, "1")))[0] == ErrorCode.invalid_config
+    assert (await alter(("segment.bytes", 0, "1")))[0] == ErrorCode.invalid_config
+    assert (await alter(("retention.ms", 9, "1")))[0] == ErrorCode.invalid_request
+    assert (await alter(("log.retention.ms", 0, "1"), resource_type=4))[0] == (
+        ErrorCode.invalid_request
+    )
+    topic = broker.context.topics.get("t")
+    assert topic is not None and dict(topic.configs) == {
+        "retention.bytes": "5000",
+        "cleanup.policy": "delete",
+    }
+
+
+# --- InitProducerId --------------------------------------------------------------------
+
+
+async def test_init_producer_id(broker: Broker) -> None:
+    ids = []
+    for version in range(5):
+        response = await broker.call(
+            INIT_PRODUCER_ID, version, {"transactional_id": None, "transaction_timeout": 60000}
+        )
+        assert response.error_code == ErrorCode.none and response.producer_epoch == 0
+        ids.append(response.producer_id)
+    assert len(set(ids)) == 5
+    response = await broker.call(
+        INIT_PRODUCER_ID, 4, {"transactional_id": "tx", "transaction_timeout": 60000}
+    )
+    assert response.error_code == ErrorCode.transactional_id_authorization_failed
