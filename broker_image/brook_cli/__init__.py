@@ -1,0 +1,1 @@
+"""Brook's command-line tool (``brook``)."""

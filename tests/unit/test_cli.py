@@ -1,0 +1,160 @@
+"""``brook local up`` argument handling and cluster planning; no processes are started."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from brook_cli.local import (
+    HTTP_PORT_OFFSET,
+    BrokerProcess,
+    BrokerSpec,
+    bootstrap_servers,
+    describe_exit,
+    format_address,
+    plan_cluster,
+    running_broker_pids,
+    stop_all,
+)
+from brook_cli.main import parse_arguments
+
+
+def test_local_up_defaults() -> None:
+    options, specs = parse_arguments(["local", "up"])
+    assert options.data_dir == Path(".brook-local")
+    assert options.ready_timeout > 0 and options.stop_timeout > 0
+    assert specs == [
+        BrokerSpec(
+            node_id=0,
+            data_dir=Path(".brook-local/broker-0"),
+            host="127.0.0.1",
+            kafka_port=9092,
+            http_port=9092 + HTTP_PORT_OFFSET,
+        )
+    ]
+    assert bootstrap_servers(specs) == "127.0.0.1:9092"
+
+
+def test_local_up_flags_and_broker_arguments() -> None:
+    options, specs = parse_arguments(
+        [
+            "local",
+            "up",
+            "--data-dir",
+            "/tmp/cluster",
+            "--port",
+            "19092",
+            "--host",
+            "::1",
+            "--ready-timeout",
+            "5",
+            "--",
+            "--log-retention-ms",
+            "1000",
+        ]
+    )
+    assert options.ready_timeout == 5.0
+    (spec,) = specs
+    assert spec.data_dir == Path("/tmp/cluster/broker-0")
+    assert spec.kafka_address == "[::1]:19092"
+    assert spec.http_address == f"[::1]:{19092 + HTTP_PORT_OFFSET}"
+    command = spec.command()
+    assert command[:3] == [sys.executable, "-m", "brook_broker"]
+    flags = dict(zip(command[3::2], command[4::2], strict=True))
+    assert flags == {
+        "--node-id": "0",
+        "--data-dir": "/tmp/cluster/broker-0",
+        "--listen": "[::1]:19092",
+        "--advertised-listener": "[::1]:19092",
+        "--http-listen": f"[::1]:{19092 + HTTP_PORT_OFFSET}",
+        "--log-retention-ms": "1000",
+    }
+
+
+def test_wildcard_host_listens_everywhere_but_advertises_loopback() -> None:
+    _, (spec,) = parse_arguments(["local", "up", "--host", "0.0.0.0"])
+    command = spec.command()
+    assert command[command.index("--listen") + 1] == "0.0.0.0:9092"
+    assert command[command.index("--advertised-listener") + 1] == "127.0.0.1:9092"
+    assert spec.http_address == f"127.0.0.1:{9092 + HTTP_PORT_OFFSET}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["local", "up", "--brokers", "3"], "--brokers 3"),
+        (["local", "up", "--brokers", "0"], "expected a number >= 1"),
+        (["local", "up", "--port", "65000"], "--port 65000"),
+        (["local", "up", "--port", "0"], "--port 0"),
+        (["local", "up", "--port", "x"], "invalid int value"),
+        (["local", "up", "--stop-timeout", "0"], "expected seconds > 0"),
+        (["local"], "required"),
+        ([], "required"),
+        (["local", "down"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_arguments(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_http_port_scheme_and_one_broker_limit() -> None:
+    specs = plan_cluster(brokers=1, data_dir=Path("d"), host="127.0.0.1", port=30000)
+    assert [(spec.kafka_port, spec.http_port) for spec in specs] == [(30000, 31000)]
+    with pytest.raises(ValueError, match="replication"):
+        plan_cluster(brokers=2, data_dir=Path("d"), host="127.0.0.1", port=30000)
+
+
+def test_bootstrap_lists_every_broker_in_node_order() -> None:
+    specs = [
+        BrokerSpec(
+            node_id=index,
+            data_dir=Path("d"),
+            host="127.0.0.1",
+            kafka_port=port,
+            http_port=port + HTTP_PORT_OFFSET,
+        )
+        for index, port in enumerate((9092, 9093, 9094))
+    ]
+    assert bootstrap_servers(specs) == "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094"
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [("127.0.0.1", "127.0.0.1:1"), ("::1", "[::1]:1"), ("broker-0", "broker-0:1")],
+)
+def test_format_address(host: str, expected: str) -> None:
+    assert format_address(host, 1) == expected
+
+
+def test_cluster_file_with_pids_that_run_no_broker_is_stale(tmp_path: Path) -> None:
+    (tmp_path / "cluster.json").write_text(
+        json.dumps({"brokers": [{"node_id": 0, "pid": os.getpid()}, {"node_id": 1, "pid": None}]})
+    )
+    assert running_broker_pids(tmp_path) == []
+
+
+def test_missing_or_broken_cluster_file_means_no_cluster(tmp_path: Path) -> None:
+    assert running_broker_pids(tmp_path) == []
+    (tmp_path / "cluster.json").write_text("{not json")
+    assert running_broker_pids(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [(0, "exited with code 0"), (1, "exited with code 1"), (-9, "was killed by SIGKILL")],
+)
+def test_describe_exit(code: int, expected: str) -> None:
+    assert describe_exit(code) == expected
+
+
+def test_stopping_brokers_that_never_started_does_nothing() -> None:
+    (spec,) = plan_cluster(brokers=1, data_dir=Path("d"), host="127.0.0.1", port=9092)
+    assert stop_all([BrokerProcess(spec)], timeout=1) == []
