@@ -1,17 +1,31 @@
-"""One broker: topic registry, partition logs, Kafka listener, side HTTP, maintenance."""
+"""One broker: metadata quorum member, controller (on voters), partition logs, Kafka
+listener, side HTTP, maintenance.
+
+Start order matters: the metadata must be caught up before the logs are opened (the
+metadata says which partitions this broker holds), and the Kafka listener must be bound
+before the broker registers (the registration carries its address). Stop runs the other
+way round, starting with a controlled shutdown so leaderships move before clients lose
+this broker.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+
+from prometheus_client.registry import Collector
 
 from . import metrics
-from .api.context import ApiContext
+from .api.context import ApiContext, AppendNotifier
 from .api.dispatcher import Dispatcher
 from .config import BrokerConfig
+from .controller.controller import Controller
+from .controller.lifecycle import BrokerLifecycle
 from .http import HttpServer
-from .metadata.topics import TopicRegistry
+from .metadata.quorum import MetadataQuorum
 from .protocol.server import KafkaServer
+from .replication import ReplicaManager
 from .storage.manager import LogManager
 
 log = logging.getLogger(__name__)
@@ -29,23 +43,41 @@ class Broker:
         self._http: HttpServer | None = None
         self._kafka: KafkaServer | None = None
         self._logs: LogManager | None = None
-        self._collector: metrics.PartitionCollector | None = None
+        self._quorum: MetadataQuorum | None = None
+        self._controller: Controller | None = None
+        self._replicas: ReplicaManager | None = None
+        self._lifecycle: BrokerLifecycle | None = None
+        self._collectors: list[Collector] = []
         self._maintenance: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Serve /healthz at once, recover the logs, then take Kafka clients."""
+        """Serve /healthz at once, catch up on metadata, recover the logs, take Kafka
+        clients, then register and wait to be unfenced."""
         config = self.config
         self._http = HttpServer(lambda: self.ready)
         self.http_address = await self._http.start(*config.http_address)
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        topics = TopicRegistry(config.data_dir / METADATA_DIRECTORY)
+        self._quorum = quorum = _quorum(config, self._on_metadata_change)
+        if quorum.is_voter:
+            self._controller = Controller(quorum, config)
+        await quorum.start()
         self._logs = logs = LogManager(config.data_dir)
-        context = ApiContext(config, topics, logs)
-        # Recovery reads the tails of segments: keep the event loop (and /healthz) free.
-        await asyncio.to_thread(logs.open_existing, context.log_config_for)
-        await asyncio.to_thread(context.open_missing_logs)
-        self._collector = metrics.PartitionCollector(logs.partitions)
-        metrics.REGISTRY.register(self._collector)
+        appends = AppendNotifier()
+        self._replicas = replicas = ReplicaManager(config.node_id, config, logs, quorum, appends)
+        # Opens (recovering) the logs of the replicas assigned here and removes the others.
+        await replicas.start()
+        context = ApiContext(config, quorum, logs, appends, replicas, self._controller)
+        self._collectors = [metrics.PartitionCollector(logs.partitions)]
+        if self._controller is not None:
+            controller = self._controller
+            self._collectors.append(
+                metrics.ControllerCollector(
+                    lambda: controller.is_active, controller.offline_partition_count
+                )
+            )
+            await controller.start()
+        for collector in self._collectors:
+            metrics.REGISTRY.register(collector)
         self._kafka = KafkaServer(Dispatcher(context), config.socket_request_max_bytes)
         self.kafka_address = await self._kafka.start(*config.listen_address)
         context.bound(self.kafka_address)
@@ -53,29 +85,70 @@ class Broker:
             logs.run_maintenance(config.log_retention_check_interval_ms), name="log maintenance"
         )
         self._maintenance.add_done_callback(_report_crash)
+        self._lifecycle = BrokerLifecycle(config, quorum, context.advertised_address)
+        await self._lifecycle.start()
         self.ready = True
         host, port = context.advertised_address
         log.info("broker ready", extra={"advertised": f"{host}:{port}"})
 
     async def stop(self) -> None:
-        """Stop taking requests, then flush and close every log. Safe after a failed start."""
+        """Hand leaderships over, stop taking requests, leave the quorum, then flush and
+        close every log. Safe after a failed start."""
         self.ready = False
+        if self._lifecycle is not None:
+            await self._lifecycle.stop()
+            self._lifecycle = None
+        if self._controller is not None:
+            await self._controller.stop()
         if self._kafka is not None:
             await self._kafka.stop()
             self._kafka = None
+        if self._replicas is not None:
+            await self._replicas.stop()
+            self._replicas = None
+        if self._quorum is not None:
+            await self._quorum.stop()
+            self._quorum = None
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
             self._maintenance = None
-        if self._collector is not None:
-            metrics.REGISTRY.unregister(self._collector)
-            self._collector = None
+        for collector in self._collectors:
+            metrics.REGISTRY.unregister(collector)
+        self._collectors = []
         if self._logs is not None:
             self._logs.close()
             self._logs = None
         if self._http is not None:
             await self._http.stop()
             self._http = None
+
+    def _on_metadata_change(self) -> None:
+        """Called by the quorum after every applied change (on the event loop)."""
+        if self._controller is not None:
+            self._controller.on_metadata_change()
+        if self._replicas is not None:
+            self._replicas.on_metadata_change()
+
+
+def _quorum(config: BrokerConfig, on_change: Callable[[], None]) -> MetadataQuorum:
+    """This broker's member of the metadata quorum: a voter if ``--controller-quorum``
+    names it, an observer if it names others, and without it a quorum of one."""
+    directory = config.data_dir / METADATA_DIRECTORY
+    voters = config.voters
+    if not voters:
+        name = f"broker-{config.node_id}:0"
+        return MetadataQuorum(
+            config.node_id, {config.node_id: name}, name, directory, on_change, lone=True
+        )
+    return MetadataQuorum(
+        config.node_id,
+        voters,
+        voters.get(config.node_id),
+        directory,
+        on_change,
+        listen=config.controller_listen,
+    )
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

@@ -37,6 +37,15 @@ class BrokerConfig:
     log_retention_check_interval_ms: int = 5 * 60 * 1000
     message_max_bytes: int = 1024 * 1024 + 12
     min_insync_replicas: int = 1
+    # The cluster: metadata quorum, sessions, replication.
+    controller_quorum: str | None = None
+    controller_listen: str | None = None
+    rack: str | None = None
+    broker_heartbeat_interval_ms: int = 250
+    broker_session_timeout_ms: int = 1500
+    replica_lag_time_max_ms: int = 10000
+    replication_throttle_bytes: int = -1
+    auto_leader_rebalance: bool = True
     # Protocol limits.
     socket_request_max_bytes: int = 100 * 1024 * 1024
     log_level: str = "WARNING"
@@ -54,12 +63,34 @@ class BrokerConfig:
         """What clients are told to connect to: the advertised listener, else the listener."""
         return split_host_port(self.advertised_listener or self.listen)
 
+    @property
+    def voters(self) -> dict[int, str]:
+        """The metadata quorum's voters by node id (empty: this broker is a quorum of one)."""
+        return parse_quorum(self.controller_quorum) if self.controller_quorum else {}
+
 
 def split_host_port(address: str) -> tuple[str, int]:
     host, separator, port = address.rpartition(":")
     if not separator or not port.isdigit():
         raise ValueError(f"expected HOST:PORT, got {address!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_quorum(text: str) -> dict[int, str]:
+    """``ID@HOST:PORT,...`` (Kafka's controller.quorum.voters) as {node id: "HOST:PORT"}."""
+    voters: dict[int, str] = {}
+    for entry in text.split(","):
+        node, separator, address = entry.strip().partition("@")
+        if not separator or not node.strip().isdigit():
+            raise ValueError(f"expected ID@HOST:PORT, got {entry.strip()!r}")
+        host, port = split_host_port(address)
+        node_id = int(node)
+        if node_id in voters:
+            raise ValueError(f"node {node_id} is named twice")
+        voters[node_id] = f"{host}:{port}"
+    if len(set(voters.values())) != len(voters):
+        raise ValueError("two voters share an address")
+    return voters
 
 
 _HELP = {
@@ -82,6 +113,18 @@ _HELP = {
     "log_retention_check_interval_ms": "how often retention runs",
     "message_max_bytes": "default max.message.bytes: the largest record batch accepted",
     "min_insync_replicas": "default min.insync.replicas",
+    "controller_quorum": "the metadata quorum's voters, ID@HOST:PORT,... (their Raft "
+    "addresses); other brokers observe it (default: this broker alone)",
+    "controller_listen": "HOST:PORT this voter binds for Raft (default: its --controller-quorum "
+    "address)",
+    "rack": "this broker's rack: replicas of a partition go to different racks",
+    "broker_heartbeat_interval_ms": "how often the broker heartbeats to the active controller",
+    "broker_session_timeout_ms": "the controller fences a broker not heard from for this long",
+    "replica_lag_time_max_ms": "default replica.lag.time.max.ms: a follower not caught up for "
+    "this long leaves the ISR",
+    "replication_throttle_bytes": "bytes/s a leader sends to replicas being added by a "
+    "reassignment (-1: no limit)",
+    "auto_leader_rebalance": "move leadership back to preferred replicas once they are in sync",
     "socket_request_max_bytes": "largest request frame accepted; larger ones close the connection",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
@@ -137,9 +180,21 @@ def load_config(
             split_host_port(getattr(config, name))
         except ValueError as error:
             parser.error(f"--{name.replace('_', '-')}: {error}")
-    if config.advertised_listener:
+    for name in ("advertised_listener", "controller_listen"):
+        if getattr(config, name):
+            try:
+                split_host_port(getattr(config, name))
+            except ValueError as error:
+                parser.error(f"--{name.replace('_', '-')}: {error}")
+    if config.controller_quorum:
         try:
-            split_host_port(config.advertised_listener)
+            parse_quorum(config.controller_quorum)
         except ValueError as error:
-            parser.error(f"--advertised-listener: {error}")
+            parser.error(f"--controller-quorum: {error}")
+    if not 0 < config.broker_heartbeat_interval_ms < config.broker_session_timeout_ms:
+        parser.error(
+            "--broker-heartbeat-interval-ms must be above 0 and below --broker-session-timeout-ms"
+        )
+    if config.replica_lag_time_max_ms < 1:
+        parser.error("--replica-lag-time-max-ms must be at least 1")
     return config

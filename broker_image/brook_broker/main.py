@@ -26,11 +26,20 @@ async def serve(config: BrokerConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     broker = Broker(config)
+    # Starting can take long (waiting for a quorum majority, or to be added as a voter):
+    # a stop signal meanwhile abandons the start.
+    starting = asyncio.create_task(broker.start())
+    stopped = asyncio.create_task(stopping.wait())
     try:
-        await broker.start()
-        await stopping.wait()
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()
+            await stopped
         log.info("stopping broker")
     finally:
+        for task in (starting, stopped):
+            task.cancel()
+        await asyncio.gather(starting, stopped, return_exceptions=True)
         await broker.stop()
     log.info("broker stopped")
 

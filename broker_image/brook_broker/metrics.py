@@ -58,6 +58,21 @@ RECORDS_IN = Counter(
 RECORDS_OUT = Counter(
     "brook_records_out", "Records sent to consumers", ["topic"], registry=REGISTRY
 )
+ISR_SHRINKS = Counter(
+    "brook_isr_shrinks",
+    "Followers removed from the ISR of partitions this broker leads",
+    registry=REGISTRY,
+)
+ISR_EXPANDS = Counter(
+    "brook_isr_expands",
+    "Followers added to the ISR of partitions this broker leads",
+    registry=REGISTRY,
+)
+LEADER_ELECTIONS = Counter(
+    "brook_leader_elections",
+    "Partition leaders elected (new leader epochs) while this broker was the active controller",
+    registry=REGISTRY,
+)
 
 
 class PartitionOffsets(Protocol):
@@ -103,6 +118,60 @@ class PartitionCollector(Collector):
             for attribute, family in families.items():
                 family.add_metric(labels, getattr(log, attribute))
         yield from families.values()
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+class ControllerCollector(Collector):
+    """Whether this broker is the active controller, and the offline partitions it sees
+    (only the active controller reports them, so a sum over brokers counts each once)."""
+
+    def __init__(
+        self, is_active: Callable[[], bool], offline_partitions: Callable[[], int]
+    ) -> None:
+        self._is_active = is_active
+        self._offline_partitions = offline_partitions
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "brook_active_controller",
+            "1 on the broker that is the active controller, else 0",
+            value=1 if self._is_active() else 0,
+        )
+        yield GaugeMetricFamily(
+            "brook_offline_partitions",
+            "Partitions without a leader, as the active controller sees them",
+            value=self._offline_partitions(),
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+class ReplicationCollector(Collector):
+    """Partitions led here whose ISR is smaller than their replica set (under-replicated)
+    or than their min.insync.replicas (acks=all is refused), computed at scrape time
+    from ``(isr size, replica count, min.insync.replicas)`` of each partition led here."""
+
+    def __init__(self, led_partitions: Callable[[], Iterable[tuple[int, int, int]]]) -> None:
+        self._led_partitions = led_partitions
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        under_replicated = under_min_isr = 0
+        for isr, replicas, min_isr in self._led_partitions():
+            under_replicated += isr < replicas
+            under_min_isr += isr < min_isr
+        yield GaugeMetricFamily(
+            "brook_under_replicated_partitions",
+            "Partitions led by this broker with fewer in-sync replicas than replicas",
+            value=under_replicated,
+        )
+        yield GaugeMetricFamily(
+            "brook_under_min_isr_partitions",
+            "Partitions led by this broker with fewer in-sync replicas than min.insync.replicas",
+            value=under_min_isr,
+        )
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())

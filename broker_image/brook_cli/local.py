@@ -1,7 +1,8 @@
 """Brokers as processes on this machine: plan their ports, start them, wait until they are
 ready, watch them, and stop them within a bounded time.
 
-Used by ``brook local up`` and by the benchmark, so both start brokers the same way.
+Used by ``brook local up``, the benchmark and the integration tests, so all start brokers
+the same way.
 Each broker is ``python -m brook_broker`` in its own process group: a Ctrl-C in the
 terminal reaches only the CLI, which then stops the brokers one orderly SIGTERM each.
 On Linux a broker also gets SIGTERM if the CLI itself dies, so none is left behind.
@@ -29,8 +30,8 @@ from typing import IO
 HTTP_PORT_OFFSET = 1000
 """A broker's HTTP port is its Kafka port plus this offset (9092 -> 10092)."""
 
-MAX_LOCAL_BROKERS = 1
-"""Brokers ``brook local up`` can run; more need replication, which comes later."""
+CONTROLLER_PORT_OFFSET = 2000
+"""A broker's Raft (metadata quorum) port is its Kafka port plus this offset (9092 -> 11092)."""
 
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 _PR_SET_PDEATHSIG = 1
@@ -56,6 +57,10 @@ class BrokerSpec:
     kafka_port: int
     http_port: int
     broker_args: tuple[str, ...] = ()
+    controller_port: int | None = None
+    """The broker's Raft port, as a voter of ``controller_quorum``."""
+    controller_quorum: str | None = None
+    """``--controller-quorum`` (ID@HOST:PORT,...); None: the broker is a quorum of one."""
 
     @property
     def kafka_address(self) -> str:
@@ -66,7 +71,18 @@ class BrokerSpec:
     def http_address(self) -> str:
         return format_address(reachable_host(self.host), self.http_port)
 
+    @property
+    def controller_address(self) -> str | None:
+        if self.controller_port is None:
+            return None
+        return format_address(reachable_host(self.host), self.controller_port)
+
     def command(self) -> list[str]:
+        quorum = []
+        if self.controller_quorum is not None:
+            quorum = ["--controller-quorum", self.controller_quorum]
+            if self.controller_port is not None:
+                quorum += ["--controller-listen", format_address(self.host, self.controller_port)]
         return [
             sys.executable,
             "-m",
@@ -81,6 +97,7 @@ class BrokerSpec:
             self.kafka_address,
             "--http-listen",
             format_address(self.host, self.http_port),
+            *quorum,
             *self.broker_args,
         ]
 
@@ -88,19 +105,22 @@ class BrokerSpec:
 def plan_cluster(
     *, brokers: int, data_dir: Path, host: str, port: int, broker_args: Sequence[str] = ()
 ) -> list[BrokerSpec]:
-    """Broker ``i`` listens on ``port + i`` and serves HTTP on ``port + i + 1000``; its data
+    """Broker ``i`` listens on ``port + i``, serves HTTP on ``port + i + 1000`` and speaks
+    Raft on ``port + i + 2000``; every broker is a voter of the metadata quorum. Its data
     lives in ``data_dir/broker-<i>``. Raises ValueError for a cluster that cannot be run."""
-    if not 1 <= brokers <= MAX_LOCAL_BROKERS:
-        raise ValueError(
-            f"--brokers {brokers}: this version runs exactly {MAX_LOCAL_BROKERS} broker; "
-            "clusters of several brokers come with replication"
-        )
-    highest = port + brokers - 1 + HTTP_PORT_OFFSET
+    if brokers < 1:
+        raise ValueError(f"--brokers {brokers}: a cluster needs at least one broker")
+    highest = port + brokers - 1 + CONTROLLER_PORT_OFFSET
     if port < 1 or highest > 65535:
         raise ValueError(
-            f"--port {port}: ports {port}..{port + brokers - 1} and their HTTP ports "
-            f"(+{HTTP_PORT_OFFSET}) must lie within 1..65535"
+            f"--port {port}: ports {port}..{port + brokers - 1} and their HTTP "
+            f"(+{HTTP_PORT_OFFSET}) and Raft (+{CONTROLLER_PORT_OFFSET}) ports must lie "
+            "within 1..65535"
         )
+    quorum = ",".join(
+        f"{index}@{format_address(reachable_host(host), port + index + CONTROLLER_PORT_OFFSET)}"
+        for index in range(brokers)
+    )
     return [
         BrokerSpec(
             node_id=index,
@@ -109,19 +129,23 @@ def plan_cluster(
             kafka_port=port + index,
             http_port=port + index + HTTP_PORT_OFFSET,
             broker_args=tuple(broker_args),
+            controller_port=port + index + CONTROLLER_PORT_OFFSET,
+            controller_quorum=quorum,
         )
         for index in range(brokers)
     ]
 
 
 def addresses_in_use(specs: Sequence[BrokerSpec]) -> list[str]:
-    """The Kafka and HTTP addresses of ``specs`` that something already listens on.
+    """The Kafka, HTTP and Raft addresses of ``specs`` that something already listens on.
 
     Checked before starting, so that a port held by another process is reported as such
     (and its ``/readyz`` is never mistaken for our broker's)."""
     busy = []
     for spec in specs:
-        for port in (spec.kafka_port, spec.http_port):
+        for port in (spec.kafka_port, spec.http_port, spec.controller_port):
+            if port is None:
+                continue
             try:
                 family = socket.getaddrinfo(spec.host or None, port, type=socket.SOCK_STREAM)[0][0]
                 socket.create_server((spec.host, port), family=family).close()
@@ -206,27 +230,43 @@ class BrokerProcess:
             time.sleep(0.1)
         return False
 
+    def is_running(self) -> bool:
+        return self.process is not None and self.exit_code() is None
+
+    def terminate(self) -> None:
+        """Send SIGTERM, which the broker answers with a clean stop."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (no flush, no close), and wait for the process."""
+        assert self.process is not None, "broker not started"
+        self.process.kill()
+        self.process.wait()
+
+    def wait_or_kill(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds for the process to exit, then SIGKILL it.
+        Returns its exit code, or None if it had to be killed."""
+        assert self.process is not None, "broker not started"
+        try:
+            return self.process.wait(timeout=max(0.0, timeout))
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
 
 def stop_all(brokers: Sequence[BrokerProcess], timeout: float) -> list[int]:
     """SIGTERM every running broker, wait up to ``timeout`` seconds in all, then SIGKILL
     those still running. Returns the node ids that had to be killed."""
-    running = [
-        broker for broker in brokers if broker.process is not None and broker.exit_code() is None
-    ]
+    running = [broker for broker in brokers if broker.is_running()]
     for broker in running:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(broker.pid, signal.SIGTERM)
+        broker.terminate()
     deadline = time.monotonic() + timeout
-    killed = []
-    for broker in running:
-        assert broker.process is not None
-        try:
-            broker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            broker.process.kill()
-            broker.process.wait()
-            killed.append(broker.spec.node_id)
-    return killed
+    return [
+        broker.spec.node_id
+        for broker in running
+        if broker.wait_or_kill(deadline - time.monotonic()) is None
+    ]
 
 
 def cluster_file(data_dir: Path) -> Path:
@@ -243,6 +283,7 @@ def write_cluster_file(data_dir: Path, brokers: Sequence[BrokerProcess]) -> None
                 "pid": broker.pid,
                 "kafka": broker.spec.kafka_address,
                 "http": broker.spec.http_address,
+                "controller": broker.spec.controller_address,
                 "data_dir": str(broker.spec.data_dir),
             }
             for broker in brokers

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from .local import (
+    CONTROLLER_PORT_OFFSET,
     HTTP_PORT_OFFSET,
     BrokerFailed,
     BrokerProcess,
@@ -33,12 +34,14 @@ from .local import (
 
 UP_DESCRIPTION = f"""\
 Run a local cluster in the foreground until Ctrl-C or SIGTERM. Broker i listens for
-Kafka clients on PORT+i and serves /healthz, /readyz and /metrics on PORT+i+{HTTP_PORT_OFFSET}; its
-data lives in DATA_DIR/broker-<i>. Once every broker is ready, one line goes to stdout:
-"bootstrap: HOST:PORT[,HOST:PORT...]", and DATA_DIR/cluster.json lists each broker's
-node id, pid and addresses (removed again on a clean stop). Broker log lines go to
-stderr; set BROOK_LOG_LEVEL=INFO for lifecycle lines. Arguments after "--" are passed
-to every broker, e.g. "brook local up -- --log-retention-ms 60000".
+Kafka clients on PORT+i, serves /healthz, /readyz and /metrics on PORT+i+{HTTP_PORT_OFFSET} and
+speaks Raft (the metadata quorum, of which every broker is a voter) on
+PORT+i+{CONTROLLER_PORT_OFFSET}; its data lives in DATA_DIR/broker-<i>. Once every broker is
+ready, one line goes to stdout: "bootstrap: HOST:PORT[,HOST:PORT...]", and
+DATA_DIR/cluster.json lists each broker's node id, pid and addresses (removed again on a
+clean stop). Broker log lines go to stderr; set BROOK_LOG_LEVEL=INFO for lifecycle
+lines. Arguments after "--" are passed to every broker, e.g.
+"brook local up -- --log-retention-ms 60000".
 """
 
 
@@ -75,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=UP_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    up.add_argument("--brokers", type=_positive_int, default=1, help="number of brokers (1)")
+    up.add_argument("--brokers", type=_positive_int, default=3, help="number of brokers (3)")
     up.add_argument(
         "--data-dir", type=Path, default=Path(".brook-local"), help="data root (./.brook-local)"
     )

@@ -1,28 +1,24 @@
-"""Test-side tools for integration tests: broker processes, raw Kafka frames, v2 batches.
+"""Test-side tools for integration tests: broker processes and raw Kafka frames.
 
-The batch encoder and decoder here are written independently of the broker's own code,
-so that a test that checks what the broker stores does not trust the broker's parser.
+Brokers are started and stopped by the CLI's process handling (``brook_cli.local``), with
+their log lines kept in a file per broker; record batches come from ``tests.support``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import os
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crc32c import crc32c
+from brook_cli import local
+from brook_cli.local import BrokerFailed
 from kio.index import load_response_schema
 from kio.schema.request_header.v1.header import RequestHeader as RequestHeaderV1
 from kio.schema.request_header.v2.header import RequestHeader as RequestHeaderV2
@@ -36,15 +32,22 @@ STOP_TIMEOUT_S = 15.0
 # --- broker processes ------------------------------------------------------------------
 
 
-class BrokerFailed(RuntimeError):
-    """The broker process did not come up, or died; the message carries its log."""
-
-
 def free_port() -> int:
     """A loopback port that was free a moment ago (the broker binds it right after)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((HOST, 0))
         return int(probe.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class NamespacedSpec(local.BrokerSpec):
+    """A broker started inside a network namespace (``ip netns exec``, which execs the
+    broker, so the pid is the broker's)."""
+
+    namespace: str = ""
+
+    def command(self) -> list[str]:
+        return ["ip", "netns", "exec", self.namespace, *super().command()]
 
 
 @dataclass
@@ -55,8 +58,26 @@ class BrokerProcess:
     extra_args: Sequence[str] = ()
     port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    node_id: int = 0
+    host: str = HOST
+    namespace: str | None = None
+    process: local.BrokerProcess | None = None
     starts: int = 0
+    paused: bool = False
+
+    @property
+    def spec(self) -> local.BrokerSpec:
+        fields = {
+            "node_id": self.node_id,
+            "data_dir": self.data_dir,
+            "host": self.host,
+            "kafka_port": self.port,
+            "http_port": self.http_port,
+            "broker_args": tuple(self.extra_args),
+        }
+        if self.namespace is None:
+            return local.BrokerSpec(**fields)
+        return NamespacedSpec(**fields, namespace=self.namespace)
 
     @property
     def data_dir(self) -> Path:
@@ -68,15 +89,15 @@ class BrokerProcess:
 
     @property
     def bootstrap(self) -> str:
-        return f"{HOST}:{self.port}"
+        return self.spec.kafka_address
 
     @property
     def address(self) -> tuple[str, int]:
-        return HOST, self.port
+        return self.host, self.port
 
     @property
     def http_address(self) -> str:
-        return f"{HOST}:{self.http_port}"
+        return self.spec.http_address
 
     @property
     def pid(self) -> int:
@@ -85,83 +106,62 @@ class BrokerProcess:
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and self.process.is_running()
 
     def start(self) -> None:
         """Start the process and wait (bounded) until /readyz answers 200."""
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process without waiting: brokers of one quorum start together."""
         assert not self.running, "broker is already running"
         self.directory.mkdir(parents=True, exist_ok=True)
         self.starts += 1
-        command = [
-            sys.executable,
-            "-m",
-            "brook_broker",
-            "--node-id",
-            "0",
-            "--data-dir",
-            str(self.data_dir),
-            "--listen",
-            self.bootstrap,
-            "--http-listen",
-            self.http_address,
-            *self.extra_args,
-        ]
+        spec = self.spec
         with self.log_path.open("ab") as log:
-            log.write(f"--- start {self.starts}: {' '.join(command)}\n".encode())
+            log.write(f"--- start {self.starts}: {' '.join(spec.command())}\n".encode())
             log.flush()
-            self.process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
-        try:
-            self._wait_ready()
-        except BrokerFailed:
-            self.kill9()
-            raise
+            self.process = local.BrokerProcess(spec, stderr=log)
+            self.process.start()
 
-    def _wait_ready(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        url = f"http://{self.http_address}/readyz"
-        while time.monotonic() < deadline:
-            code = self.process.poll()
-            if code is not None:
-                raise BrokerFailed(f"broker exited with {code} before ready\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=1.0) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.05)
-        raise BrokerFailed(f"broker not ready within {READY_TIMEOUT_S} s\n{self.log_tail()}")
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Wait (bounded) until /readyz answers 200; a broker that fails is killed."""
+        assert self.process is not None, "broker is not running"
+        try:
+            self.process.wait_ready(timeout)
+        except BrokerFailed as error:
+            self.kill9()
+            raise BrokerFailed(f"{error}\n{self.log_tail()}") from None
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM, a bounded wait, then SIGKILL. Returns the exit code (None if killed)."""
         if self.process is None:
             return None
+        self.resume()
         process, self.process = self.process, None
-        if process.poll() is not None:
-            return process.returncode
-        process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_TIMEOUT_S)
-            return None
+        if process.is_running():
+            process.terminate()
+        return process.wait_or_kill(timeout)
 
     def kill9(self) -> None:
         """Kill the process with SIGKILL, as a crash would: no flush, no close."""
         if self.process is None:
             return
         process, self.process = self.process, None
-        if process.poll() is None:
-            process.kill()
-        process.wait(STOP_TIMEOUT_S)
+        self.paused = False
+        process.kill()
+
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps its sockets open but answers nothing."""
+        os.kill(self.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause`` (nothing otherwise)."""
+        if self.paused and self.process is not None:
+            os.kill(self.pid, signal.SIGCONT)
+        self.paused = False
 
     def restart(self) -> None:
         """Stop (if running) and start again on the same data directory and ports."""
@@ -183,13 +183,16 @@ class BrokerProcess:
         return sorted(self.partition_dir(topic, partition).glob("*.log"))
 
 
-def _die_with_parent() -> None:
-    """Linux: the broker gets SIGKILL if the test process dies without stopping it."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-_PR_SET_PDEATHSIG = 1
+def stop_brokers(brokers: Sequence[BrokerProcess], timeout: float = 2 * STOP_TIMEOUT_S) -> None:
+    """SIGTERM all at once (each controlled shutdown needs the others up), a bounded wait
+    for all of them together, then SIGKILL for those still running."""
+    processes = []
+    for broker in brokers:
+        broker.resume()
+        if broker.process is not None:
+            processes.append(broker.process)
+            broker.process = None
+    local.stop_all(processes, timeout)
 
 
 @contextlib.contextmanager
@@ -201,149 +204,6 @@ def running_broker(directory: Path, *extra_args: str) -> Iterator[BrokerProcess]
         yield broker
     finally:
         broker.stop()
-
-
-# --- v2 record batches -----------------------------------------------------------------
-
-_BATCH_HEADER = struct.Struct(">qiibIhiqqqhii")
-BATCH_HEADER_SIZE = _BATCH_HEADER.size  # 61
-CRC_START = 21  # the CRC32C covers attributes .. end of batch
-COMPRESSION_CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
-
-
-@dataclass(frozen=True)
-class Record:
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes | None], ...] = ()
-    timestamp_delta: int = 0
-
-
-@dataclass(frozen=True)
-class Batch:
-    """A decoded v2 batch header and where the batch lies in the bytes it came from."""
-
-    position: int
-    base_offset: int
-    batch_length: int
-    partition_leader_epoch: int
-    magic: int
-    crc: int
-    attributes: int
-    last_offset_delta: int
-    base_timestamp: int
-    max_timestamp: int
-    producer_id: int
-    producer_epoch: int
-    base_sequence: int
-    records_count: int
-
-    @property
-    def size(self) -> int:
-        return self.batch_length + 12
-
-    @property
-    def end(self) -> int:
-        return self.position + self.size
-
-    @property
-    def next_offset(self) -> int:
-        return self.base_offset + self.last_offset_delta + 1
-
-    @property
-    def compression(self) -> int:
-        return self.attributes & 0x07
-
-
-def _varint(value: int) -> bytes:
-    zigzag = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while zigzag >= 0x80:
-        out.append((zigzag & 0x7F) | 0x80)
-        zigzag >>= 7
-    out.append(zigzag)
-    return bytes(out)
-
-
-def _varbytes(data: bytes | None) -> bytes:
-    return _varint(-1) if data is None else _varint(len(data)) + data
-
-
-def encode_record(record: Record, offset_delta: int) -> bytes:
-    body = b"".join(
-        [
-            b"\x00",  # attributes
-            _varint(record.timestamp_delta),
-            _varint(offset_delta),
-            _varbytes(record.key),
-            _varbytes(record.value),
-            _varint(len(record.headers)),
-            *(_varbytes(name.encode()) + _varbytes(value) for name, value in record.headers),
-        ]
-    )
-    return _varint(len(body)) + body
-
-
-def encode_batch(
-    records: Sequence[Record],
-    *,
-    base_timestamp: int,
-    base_offset: int = 0,
-    magic: int = 2,
-    attributes: int = 0,
-    producer_id: int = -1,
-    producer_epoch: int = -1,
-    base_sequence: int = -1,
-) -> bytes:
-    """An uncompressed v2 batch with a correct CRC32C (callers corrupt it on purpose)."""
-    payload = b"".join(encode_record(record, delta) for delta, record in enumerate(records))
-    max_timestamp = base_timestamp + max((r.timestamp_delta for r in records), default=0)
-    after_crc = (
-        struct.pack(
-            ">hiqqqhii",
-            attributes,
-            len(records) - 1,
-            base_timestamp,
-            max_timestamp,
-            producer_id,
-            producer_epoch,
-            base_sequence,
-            len(records),
-        )
-        + payload
-    )
-    batch_length = 4 + 1 + 4 + len(after_crc)  # leader epoch, magic, crc, rest
-    return (
-        struct.pack(">qiib", base_offset, batch_length, -1, magic)
-        + struct.pack(">I", crc32c(after_crc))
-        + after_crc
-    )
-
-
-def encode_legacy_message_set(value: bytes, *, magic: int, key: bytes | None = None) -> bytes:
-    """A one-message message set in the pre-0.11 format (magic 0 or 1, CRC32)."""
-    timestamp = struct.pack(">q", int(time.time() * 1000)) if magic == 1 else b""
-    key_bytes = struct.pack(">i", -1) if key is None else struct.pack(">i", len(key)) + key
-    body = (
-        struct.pack(">bb", magic, 0) + timestamp + key_bytes + struct.pack(">i", len(value)) + value
-    )
-    message = struct.pack(">I", zlib.crc32(body)) + body
-    return struct.pack(">qi", 0, len(message)) + message
-
-
-def iter_batches(data: bytes | memoryview) -> Iterator[Batch]:
-    """Every whole batch in ``data``; stops at a cut-off one (Fetch may end mid-batch)."""
-    position = 0
-    while len(data) - position >= BATCH_HEADER_SIZE:
-        batch = Batch(position, *_BATCH_HEADER.unpack_from(data, position))
-        if batch.batch_length < BATCH_HEADER_SIZE - 12 or batch.end > len(data):
-            return
-        yield batch
-        position = batch.end
-
-
-def batch_crc_ok(data: bytes | memoryview, batch: Batch) -> bool:
-    return crc32c(bytes(data[batch.position + CRC_START : batch.end])) == batch.crc
 
 
 # --- raw Kafka protocol ----------------------------------------------------------------

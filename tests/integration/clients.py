@@ -21,6 +21,7 @@ import aiokafka.errors
 import confluent_kafka
 import kafka
 import kafka.errors
+from brook_broker.storage.batch import BatchHeader, iter_headers
 from confluent_kafka.admin import AdminClient, NewTopic
 from kio.schema.fetch.v12.request import FetchPartition, FetchRequest, FetchTopic
 from kio.schema.list_offsets.v7.request import (
@@ -29,7 +30,7 @@ from kio.schema.list_offsets.v7.request import (
     ListOffsetsTopic,
 )
 
-from .brokers import Batch, KafkaConnection, iter_batches
+from .brokers import KafkaConnection
 
 CONSUME_TIMEOUT_S = 60.0
 Headers = tuple[tuple[str, bytes], ...]
@@ -197,7 +198,68 @@ def confluent_consumer(bootstrap: str, **config: Any) -> confluent_kafka.Consume
     )
 
 
-# --- aiokafka --------------------------------------------------------------------------
+# --- aiokafka and kafka-python --------------------------------------------------------
+#
+# The two share setting names and the shapes of record metadata and consumed records.
+
+
+def python_producer_settings(
+    bootstrap: str, codec: str, config: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    return {
+        "bootstrap_servers": bootstrap,
+        "compression_type": None if codec == "none" else codec,
+        "linger_ms": 20,
+        "acks": "all",
+        **(config or {}),
+    }
+
+
+def python_send_arguments(message: Message) -> dict[str, Any]:
+    return {
+        "value": message.value,
+        "key": message.key,
+        "partition": message.partition,
+        "timestamp_ms": message.timestamp,
+        "headers": list(message.headers),
+    }
+
+
+PYTHON_CONSUMER_SETTINGS: dict[str, Any] = {
+    "group_id": None,
+    "enable_auto_commit": False,
+    "auto_offset_reset": "none",
+}
+
+
+def python_delivery(
+    message: Message,
+    metadata: Any,
+    error: aiokafka.errors.KafkaError | kafka.errors.KafkaError | None,
+) -> Delivery:
+    """A delivery from the record metadata a send resolved to, or from the error it raised."""
+    if error is not None:
+        return Delivery(message.partition, -1, error.errno, str(error))
+    return Delivery(metadata.partition, metadata.offset)
+
+
+def python_consumed(polled: Mapping[Any, Sequence[Any]]) -> list[Consumed]:
+    """The records of one ``getmany`` (aiokafka) or ``poll`` (kafka-python)."""
+    consumed = []
+    for records in polled.values():
+        for record in records:
+            assert record.timestamp_type == 0, "expected CreateTime"
+            consumed.append(
+                Consumed(
+                    record.partition,
+                    record.offset,
+                    record.key,
+                    record.value,
+                    tuple(record.headers),
+                    record.timestamp,
+                )
+            )
+    return consumed
 
 
 class AiokafkaDriver:
@@ -213,44 +275,25 @@ class AiokafkaDriver:
         codec: str,
         config: Mapping[str, Any] | None = None,
     ) -> list[Delivery]:
-        return asyncio.run(self._produce(bootstrap, topic, messages, codec, config or {}))
+        return asyncio.run(
+            self._produce(topic, messages, python_producer_settings(bootstrap, codec, config))
+        )
 
     async def _produce(
-        self,
-        bootstrap: str,
-        topic: str,
-        messages: Sequence[Message],
-        codec: str,
-        config: Mapping[str, Any],
+        self, topic: str, messages: Sequence[Message], settings: dict[str, Any]
     ) -> list[Delivery]:
-        producer = aiokafka.AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            compression_type=None if codec == "none" else codec,
-            linger_ms=20,
-            acks="all",
-            **config,
-        )
+        producer = aiokafka.AIOKafkaProducer(**settings)
         await producer.start()
         try:
             futures = [
-                await producer.send(
-                    topic,
-                    message.value,
-                    key=message.key,
-                    partition=message.partition,
-                    timestamp_ms=message.timestamp,
-                    headers=list(message.headers),
-                )
-                for message in messages
+                await producer.send(topic, **python_send_arguments(message)) for message in messages
             ]
             deliveries = []
             for message, future in zip(messages, futures, strict=True):
                 try:
-                    metadata = await future
+                    deliveries.append(python_delivery(message, await future, None))
                 except aiokafka.errors.KafkaError as error:
-                    deliveries.append(Delivery(message.partition, -1, error.errno, str(error)))
-                else:
-                    deliveries.append(Delivery(metadata.partition, metadata.offset))
+                    deliveries.append(python_delivery(message, None, error))
             return deliveries
         finally:
             await asyncio.wait_for(producer.stop(), CONSUME_TIMEOUT_S)
@@ -264,10 +307,7 @@ class AiokafkaDriver:
         self, bootstrap: str, topic: str, partitions: Sequence[int], count: int
     ) -> list[Consumed]:
         consumer = aiokafka.AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="none",
+            bootstrap_servers=bootstrap, **PYTHON_CONSUMER_SETTINGS
         )
         await consumer.start()
         try:
@@ -277,26 +317,12 @@ class AiokafkaDriver:
             consumed: list[Consumed] = []
             deadline = time.monotonic() + CONSUME_TIMEOUT_S
             while len(consumed) < count and time.monotonic() < deadline:
-                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
-                for records in batches.values():
-                    for record in records:
-                        assert record.timestamp_type == 0, "expected CreateTime"
-                        consumed.append(
-                            Consumed(
-                                record.partition,
-                                record.offset,
-                                record.key,
-                                record.value,
-                                tuple(record.headers),
-                                record.timestamp,
-                            )
-                        )
+                consumed += python_consumed(
+                    await consumer.getmany(timeout_ms=500, max_records=5000)
+                )
             return consumed
         finally:
             await asyncio.wait_for(consumer.stop(), CONSUME_TIMEOUT_S)
-
-
-# --- kafka-python ----------------------------------------------------------------------
 
 
 class KafkaPythonDriver:
@@ -312,34 +338,18 @@ class KafkaPythonDriver:
         codec: str,
         config: Mapping[str, Any] | None = None,
     ) -> list[Delivery]:
-        producer = kafka.KafkaProducer(
-            bootstrap_servers=bootstrap,
-            compression_type=None if codec == "none" else codec,
-            linger_ms=20,
-            acks="all",
-            **(config or {}),
-        )
+        producer = kafka.KafkaProducer(**python_producer_settings(bootstrap, codec, config))
         try:
             futures = [
-                producer.send(
-                    topic,
-                    value=message.value,
-                    key=message.key,
-                    partition=message.partition,
-                    timestamp_ms=message.timestamp,
-                    headers=list(message.headers),
-                )
-                for message in messages
+                producer.send(topic, **python_send_arguments(message)) for message in messages
             ]
             producer.flush(CONSUME_TIMEOUT_S)
             deliveries = []
             for message, future in zip(messages, futures, strict=True):
                 try:
-                    metadata = future.get(CONSUME_TIMEOUT_S)
+                    deliveries.append(python_delivery(message, future.get(CONSUME_TIMEOUT_S), None))
                 except kafka.errors.KafkaError as error:
-                    deliveries.append(Delivery(message.partition, -1, error.errno, str(error)))
-                else:
-                    deliveries.append(Delivery(metadata.partition, metadata.offset))
+                    deliveries.append(python_delivery(message, None, error))
             return deliveries
         finally:
             producer.close(timeout=CONSUME_TIMEOUT_S)
@@ -347,12 +357,7 @@ class KafkaPythonDriver:
     def consume(
         self, bootstrap: str, topic: str, partitions: Sequence[int], count: int
     ) -> list[Consumed]:
-        consumer = kafka.KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="none",
-        )
+        consumer = kafka.KafkaConsumer(bootstrap_servers=bootstrap, **PYTHON_CONSUMER_SETTINGS)
         try:
             assignment = [kafka.TopicPartition(topic, p) for p in partitions]
             consumer.assign(assignment)
@@ -360,19 +365,7 @@ class KafkaPythonDriver:
             consumed: list[Consumed] = []
             deadline = time.monotonic() + CONSUME_TIMEOUT_S
             while len(consumed) < count and time.monotonic() < deadline:
-                for records in consumer.poll(timeout_ms=500, max_records=5000).values():
-                    for record in records:
-                        assert record.timestamp_type == 0, "expected CreateTime"
-                        consumed.append(
-                            Consumed(
-                                record.partition,
-                                record.offset,
-                                record.key,
-                                record.value,
-                                tuple(record.headers),
-                                record.timestamp,
-                            )
-                        )
+                consumed += python_consumed(consumer.poll(timeout_ms=500, max_records=5000))
             return consumed
         finally:
             consumer.close()
@@ -477,19 +470,32 @@ DRIVERS: dict[str, Driver] = {
 
 
 def create_topic(
-    bootstrap: str, name: str, partitions: int = 1, config: Mapping[str, str] | None = None
+    bootstrap: str,
+    name: str,
+    partitions: int = 1,
+    config: Mapping[str, str] | None = None,
+    replication_factor: int = 1,
+    replicas: Sequence[Sequence[int]] | None = None,
 ) -> None:
-    """CreateTopics through confluent-kafka's admin client; fails the test on any error."""
+    """CreateTopics through confluent-kafka's admin client; fails the test on any error.
+    ``replicas`` assigns each partition's replicas instead of leaving placement to the broker."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics(
-        [
-            NewTopic(
-                name, num_partitions=partitions, replication_factor=1, config=dict(config or {})
-            )
-        ],
-        operation_timeout=10,
-        request_timeout=15,
-    )
+    if replicas is None:
+        topic = NewTopic(
+            name,
+            num_partitions=partitions,
+            replication_factor=replication_factor,
+            config=dict(config or {}),
+        )
+    else:
+        # This client wants the partition count given with an assignment, and no factor.
+        topic = NewTopic(
+            name,
+            num_partitions=len(replicas),
+            replica_assignment=[list(r) for r in replicas],
+            config=dict(config or {}),
+        )
+    futures = admin.create_topics([topic], operation_timeout=10, request_timeout=15)
     futures[name].result(timeout=20)
 
 
@@ -555,7 +561,7 @@ def fetch(
 
 def fetch_all(
     connection: KafkaConnection, topic: str, partition: int = 0, start: int | None = None
-) -> tuple[bytes, list[Batch]]:
+) -> tuple[bytes, list[BatchHeader]]:
     """Every stored batch of a partition as raw bytes, read with Fetch up to the high watermark."""
     offset = start if start is not None else list_offset(connection, topic, partition, -2).offset
     chunks: list[bytes] = []
@@ -563,12 +569,12 @@ def fetch_all(
         answer = fetch(connection, topic, partition, offset)
         assert answer.error_code == 0, f"fetch at {offset}: {answer.error_code}"
         records = bytes(answer.records or b"")
-        batches = list(iter_batches(records))
+        batches = list(iter_headers(records))
         if not batches:
             assert offset >= answer.high_watermark, f"no whole batch at {offset}"
             break
-        end = batches[-1].end
-        chunks.append(records[:end])
-        offset = batches[-1].next_offset
+        position, last = batches[-1]
+        chunks.append(records[: position + last.size])
+        offset = last.next_offset
     data = b"".join(chunks)
-    return data, list(iter_batches(data))
+    return data, [header for _, header in iter_headers(data)]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from .brokers import BrokerFailed, BrokerProcess
+from .cluster import Cluster
 
 StartBroker = Callable[..., BrokerProcess]
+StartCluster = Callable[..., Cluster]
 
 
 @pytest.fixture
@@ -38,3 +41,26 @@ def start_broker(tmp_path: Path) -> Iterator[StartBroker]:
 def broker(start_broker: StartBroker) -> BrokerProcess:
     """One broker with default settings and its own data directory."""
     return start_broker()
+
+
+@pytest.fixture
+def start_cluster(tmp_path: Path) -> Iterator[StartCluster]:
+    """Start clusters whose brokers are all voters: ``start_cluster(3, "--rack", "a")``.
+    Every broker is stopped at teardown (paused ones are resumed first)."""
+    started: list[Cluster] = []
+    names = itertools.count()
+
+    def start(size: int = 3, *extra_args: str, **placement: Any) -> Cluster:
+        """``placement``: ``hosts`` and ``namespaces`` of the brokers (see ``Cluster``)."""
+        cluster = Cluster(tmp_path / f"cluster-{next(names)}", size, extra_args, **placement)
+        started.append(cluster)
+        try:
+            cluster.start()
+        except (BrokerFailed, AssertionError) as error:
+            pytest.fail(f"{error}\n{cluster.log_tails()}", pytrace=False)
+        return cluster
+
+    yield start
+    for cluster in started:
+        cluster.stop()
+        print(cluster.log_tails())

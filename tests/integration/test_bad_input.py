@@ -29,14 +29,13 @@ from kio.schema.list_offsets.v7.request import (
 from kio.schema.metadata.v12.request import MetadataRequest, MetadataRequestTopic
 from kio.schema.produce.v9.request import PartitionProduceData, ProduceRequest, TopicProduceData
 
+from tests.support.batches import Record, encode_batch, encode_legacy_message_set
+
 from .brokers import (
     BrokerProcess,
     ConnectionClosed,
     KafkaConnection,
-    Record,
     decode_response,
-    encode_batch,
-    encode_legacy_message_set,
     encode_request,
     now_ms,
     running_broker,

@@ -19,7 +19,9 @@ import kafka
 import pytest
 from confluent_kafka import TopicPartition
 
-from .brokers import COMPRESSION_CODECS, BrokerProcess, KafkaConnection, now_ms, running_broker
+from tests.support.batches import COMPRESSION_CODECS
+
+from .brokers import BrokerProcess, KafkaConnection, now_ms, running_broker
 from .clients import (
     DRIVERS,
     Consumed,

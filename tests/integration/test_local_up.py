@@ -1,5 +1,6 @@
-"""``brook local up`` as a user runs it: one bootstrap line on stdout, real clients work,
-SIGTERM stops everything and exits 0, a broker that dies takes the CLI down with it."""
+"""``brook local up`` as a user runs it: three brokers by default, one bootstrap line on
+stdout, real clients work, SIGTERM stops everything and exits 0, a broker that dies takes
+the CLI down with it."""
 
 from __future__ import annotations
 
@@ -15,46 +16,52 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from brook_cli.local import HTTP_PORT_OFFSET
+from brook_cli.local import CONTROLLER_PORT_OFFSET, HTTP_PORT_OFFSET
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 
 
-def free_port_pair() -> int:
-    """A port whose +HTTP_PORT_OFFSET neighbour is free too."""
+BROKERS = 3
+
+
+def free_port_block() -> int:
+    """A port such that the Kafka, HTTP and Raft ports of all brokers are free."""
     for _ in range(50):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port + HTTP_PORT_OFFSET > 65535:
+            port = int(probe.getsockname()[1])
+        ports = [
+            port + index + offset
+            for index in range(BROKERS)
+            for offset in (0, HTTP_PORT_OFFSET, CONTROLLER_PORT_OFFSET)
+        ]
+        if max(ports) > 65535:
             continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + HTTP_PORT_OFFSET))
-            except OSError:
-                continue
-        return int(port)
-    raise RuntimeError("no free pair of ports")
+        try:
+            for candidate in ports:
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free block of ports")
+
+
+def local_up(data_dir: Path, port: int, *extra: str) -> list[str]:
+    """The command line of ``brook local up``."""
+    return [
+        sys.executable, "-m", "brook_cli", "local", "up",
+        "--data-dir", str(data_dir), "--port", str(port), *extra,
+    ]  # fmt: skip
 
 
 class LocalCluster:
     def __init__(self, data_dir: Path, *extra: str) -> None:
         self.data_dir = data_dir
-        self.port = free_port_pair()
+        self.port = free_port_block()
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "brook_cli",
-                "local",
-                "up",
-                "--data-dir",
-                str(data_dir),
-                "--port",
-                str(self.port),
-                *extra,
-            ],
+            local_up(data_dir, self.port, *extra),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -97,11 +104,15 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 
 
 def test_serves_clients_and_stops_cleanly_on_sigterm(cluster: LocalCluster) -> None:
-    assert cluster.bootstrap_line() == f"bootstrap: 127.0.0.1:{cluster.port}\n"
+    addresses = [f"127.0.0.1:{cluster.port + index}" for index in range(BROKERS)]
+    assert cluster.bootstrap_line() == f"bootstrap: {','.join(addresses)}\n"
     description = json.loads((cluster.data_dir / "cluster.json").read_text())
-    (broker,) = description["brokers"]
-    assert broker["kafka"] == f"127.0.0.1:{cluster.port}"
-    assert broker["http"] == f"127.0.0.1:{cluster.port + HTTP_PORT_OFFSET}"
+    brokers = description["brokers"]
+    assert [broker["node_id"] for broker in brokers] == list(range(BROKERS))
+    for index, broker in enumerate(brokers):
+        assert broker["kafka"] == addresses[index]
+        assert broker["http"] == f"127.0.0.1:{cluster.port + index + HTTP_PORT_OFFSET}"
+        assert broker["controller"] == f"127.0.0.1:{cluster.port + index + CONTROLLER_PORT_OFFSET}"
     if shutil.which("kcat"):
         bootstrap = description["bootstrap"]
         subprocess.run(
@@ -132,42 +143,34 @@ def test_serves_clients_and_stops_cleanly_on_sigterm(cluster: LocalCluster) -> N
         assert consumed == b"0 k1 hello\n1 k2 brook\n"
     assert cluster.stop(signal.SIGTERM) == 0
     assert not (cluster.data_dir / "cluster.json").exists()
-    with pytest.raises(ProcessLookupError):
-        os.kill(broker["pid"], 0)
+    for broker in brokers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(broker["pid"], 0)
     assert cluster.process.stdout is not None
     assert cluster.process.stdout.read() == "", "only the bootstrap line goes to stdout"
 
 
 def test_ctrl_c_stops_the_cluster(cluster: LocalCluster) -> None:
     cluster.bootstrap_line()
-    pid = json.loads((cluster.data_dir / "cluster.json").read_text())["brokers"][0]["pid"]
+    brokers = json.loads((cluster.data_dir / "cluster.json").read_text())["brokers"]
     assert cluster.stop(signal.SIGINT) == 0
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
+    for broker in brokers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(broker["pid"], 0)
 
 
 def test_a_broker_that_dies_stops_the_cli_with_an_error(cluster: LocalCluster) -> None:
     cluster.bootstrap_line()
-    pid = json.loads((cluster.data_dir / "cluster.json").read_text())["brokers"][0]["pid"]
+    pid = json.loads((cluster.data_dir / "cluster.json").read_text())["brokers"][1]["pid"]
     os.kill(pid, signal.SIGKILL)
     assert cluster.process.wait(timeout=STOP_TIMEOUT_S) == 1
-    assert "broker 0 was killed by SIGKILL" in cluster.stderr()
+    assert "broker 1 was killed by SIGKILL" in cluster.stderr()
 
 
 def test_a_taken_port_is_reported(cluster: LocalCluster, tmp_path: Path) -> None:
     cluster.bootstrap_line()
     second = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "brook_cli",
-            "local",
-            "up",
-            "--data-dir",
-            str(tmp_path / "other"),
-            "--port",
-            str(cluster.port),
-        ],
+        local_up(tmp_path / "other", cluster.port),
         capture_output=True,
         text=True,
         timeout=START_TIMEOUT_S,

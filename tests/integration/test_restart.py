@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from brook_broker.storage.batch import BatchHeader, crc_matches, iter_headers
 
-from .brokers import BrokerProcess, KafkaConnection, batch_crc_ok, iter_batches, now_ms
+from .brokers import BrokerProcess, KafkaConnection, now_ms
 from .clients import (
     ConfluentDriver,
     Consumed,
@@ -111,27 +112,32 @@ def test_acknowledged_data_survives_kill9(broker: BrokerProcess, acks: str) -> N
     assert produce_in_batches(broker, topic, more, per_batch=10)[0].offset == len(messages)
 
 
+def last_batch(data: bytes) -> tuple[int, BatchHeader]:
+    """Position and header of the last whole batch in ``data``."""
+    return list(iter_headers(data))[-1]
+
+
 def cut_mid_batch(segment: Path, data: bytes) -> int:
-    last = list(iter_batches(data))[-1]
-    os.truncate(segment, last.position + last.size // 2)
+    position, last = last_batch(data)
+    os.truncate(segment, position + last.size // 2)
     return last.base_offset
 
 
 def garbage_over_tail(segment: Path, data: bytes) -> int:
     """The last batch keeps its length but its last bytes are random: its CRC fails."""
-    last = list(iter_batches(data))[-1]
+    position, last = last_batch(data)
     size = min(64, last.size - 61)
     with segment.open("r+b") as file:
-        file.seek(last.end - size)
+        file.seek(position + last.size - size)
         file.write(os.urandom(size))
     return last.base_offset
 
 
 def garbage_over_header(segment: Path, data: bytes) -> int:
     """The last batch's header, its length field included, is random."""
-    last = list(iter_batches(data))[-1]
+    position, last = last_batch(data)
     with segment.open("r+b") as file:
-        file.seek(last.position)
+        file.seek(position)
         file.write(os.urandom(61))
     return last.base_offset
 
@@ -139,14 +145,14 @@ def garbage_over_header(segment: Path, data: bytes) -> int:
 def garbage_appended(segment: Path, data: bytes) -> int:
     with segment.open("ab") as file:
         file.write(os.urandom(700))
-    return list(iter_batches(data))[-1].next_offset
+    return last_batch(data)[1].next_offset
 
 
 def zeros_appended(segment: Path, data: bytes) -> int:
     """As a file system can leave after a crash: the file grew, the data never landed."""
     with segment.open("ab") as file:
         file.write(bytes(4096))
-    return list(iter_batches(data))[-1].next_offset
+    return last_batch(data)[1].next_offset
 
 
 DAMAGES = {
@@ -179,10 +185,12 @@ def test_damaged_tail_is_recovered(start_broker: StartBroker, damage: str, stop:
 
     segment = broker.segments(topic)[-1]
     data = segment.read_bytes()
-    batches = list(iter_batches(data))
-    assert batches and batches[-1].end == len(data), "segment does not end with a whole batch"
-    assert all(batch_crc_ok(data, batch) for batch in batches)
-    assert batches[-1].next_offset == len(messages)
+    batches = list(iter_headers(data))
+    assert batches, "segment does not end with a whole batch"
+    position, last = batches[-1]
+    assert position + last.size == len(data), "segment does not end with a whole batch"
+    assert all(crc_matches(data, header, position) for position, header in batches)
+    assert last.next_offset == len(messages)
     log_end_offset = DAMAGES[damage](segment, data)
 
     broker.start()
@@ -196,7 +204,7 @@ def test_damaged_tail_is_recovered(start_broker: StartBroker, damage: str, stop:
         assert fetch(connection, topic, 0, log_end_offset + 1).error_code == OFFSET_OUT_OF_RANGE
         last_kept = fetch(connection, topic, 0, log_end_offset - 1)
         assert last_kept.error_code == 0
-        assert list(iter_batches(bytes(last_kept.records)))[-1].next_offset == log_end_offset
+        assert last_batch(bytes(last_kept.records))[1].next_offset == log_end_offset
         if log_end_offset < len(messages):
             dropped_time = messages[log_end_offset].timestamp
             assert list_offset(connection, topic, 0, dropped_time).offset == -1

@@ -22,9 +22,17 @@ def test_the_advertised_versions() -> None:
         19: (2, 7),  # CreateTopics
         20: (1, 6),  # DeleteTopics
         22: (0, 4),  # InitProducerId
+        23: (2, 4),  # OffsetForLeaderEpoch
         32: (1, 4),  # DescribeConfigs
         37: (0, 3),  # CreatePartitions
+        43: (0, 2),  # ElectLeaders
         44: (0, 1),  # IncrementalAlterConfigs
+        45: (0, 0),  # AlterPartitionReassignments
+        46: (0, 0),  # ListPartitionReassignments
+        60: (0, 1),  # DescribeCluster
+        63: (0, 1),  # BrokerHeartbeat
+        80: (0, 0),  # AddRaftVoter
+        81: (0, 0),  # RemoveRaftVoter
     }
 
 

@@ -17,39 +17,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from brook_broker.api.context import ApiContext
+from brook_broker.api.context import ApiContext, AppendNotifier
 from brook_broker.api.dispatcher import Dispatcher
 from brook_broker.config import BrokerConfig
-from brook_broker.metadata.topics import TopicRegistry
+from brook_broker.controller.controller import Controller
 from brook_broker.protocol import codec
+from brook_broker.replication import ReplicaManager
+from brook_broker.storage.batch import parse_header
 from brook_broker.storage.manager import LogManager
-from crc32c import crc32c
 from kio.index import load_request_schema, load_response_schema
 from kio.schema.errors import ErrorCode
 from kio.schema.response_header.v0.header import ResponseHeader as ResponseHeaderV0
 from kio.schema.response_header.v1.header import ResponseHeader as ResponseHeaderV1
 from kio.serial import entity_reader
 
+from tests.support.batches import BASE_TIME_MS, encode_batch, payload, timed_records
+from tests.support.quorum import LocalQuorum
+
 PRODUCE, FETCH, LIST_OFFSETS, METADATA, API_VERSIONS = 0, 1, 2, 3, 18
 CREATE_TOPICS, DELETE_TOPICS, INIT_PRODUCER_ID, DESCRIBE_CONFIGS = 19, 20, 22, 32
-CREATE_PARTITIONS, INCREMENTAL_ALTER_CONFIGS = 37, 44
+CREATE_PARTITIONS, ELECT_LEADERS, INCREMENTAL_ALTER_CONFIGS = 37, 43, 44
+ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS = 45, 46
+DESCRIBE_CLUSTER, BROKER_HEARTBEAT = 60, 63
 NODE = 5
 
 
 # --- record batches --------------------------------------------------------------------
-
-
-def _varint(value: int) -> bytes:
-    zigzag = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while True:
-        byte = zigzag & 0x7F
-        zigzag >>= 7
-        if zigzag:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def batch(
@@ -59,35 +52,14 @@ def batch(
     magic: int = 2,
     attributes: int = 0,
 ) -> bytes:
-    """An uncompressed v2 record batch, as a producer would send it (base offset 0)."""
-    timestamps = list(timestamps or [1_700_000_000_000] * len(values))
-    base_timestamp = timestamps[0]
-    records = bytearray()
-    for delta, (value, timestamp) in enumerate(zip(values, timestamps, strict=True)):
-        body = (
-            b"\x00"
-            + _varint(timestamp - base_timestamp)
-            + _varint(delta)
-            + _varint(-1)
-            + _varint(len(value))
-            + value
-            + _varint(0)
-        )
-        records += _varint(len(body)) + body
-    after_crc = struct.pack(
-        ">hiqqqhii",
-        attributes,
-        len(values) - 1,
-        base_timestamp,
-        max(timestamps),
-        -1,
-        -1,
-        -1,
-        len(values),
-    ) + bytes(records)
-    crc = crc32c(after_crc)
-    batch_length = 4 + 1 + 4 + len(after_crc)
-    return struct.pack(">qiibI", 0, batch_length, -1, magic, crc) + after_crc
+    """An uncompressed v2 record batch of unkeyed values, as a producer would send it."""
+    timestamps = list(timestamps or [BASE_TIME_MS] * len(values))
+    return encode_batch(
+        timed_records(values, timestamps),
+        base_timestamp=timestamps[0],
+        magic=magic,
+        attributes=attributes,
+    )
 
 
 # --- harness ---------------------------------------------------------------------------
@@ -98,6 +70,7 @@ class Broker:
     context: ApiContext
     dispatcher: Dispatcher
     logs: LogManager
+    quorum: LocalQuorum
 
     async def call(self, api_key: int, version: int, body: dict[str, Any]) -> Any:
         request_type = load_request_schema(api_key, version)
@@ -191,9 +164,17 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
         num_partitions=2,
         message_max_bytes=10_000,
     )
+    quorum = LocalQuorum(NODE)
+    await quorum.submit("register_broker", NODE, "127.0.0.1", 9092, None)
     logs = LogManager(tmp_path)
-    context = ApiContext(config, TopicRegistry(tmp_path / "metadata"), logs)
-    yield Broker(context, Dispatcher(context), logs)
+    appends = AppendNotifier()
+    replicas = ReplicaManager(NODE, config, logs, quorum, appends)  # type: ignore[arg-type]
+    quorum.on_change = replicas.on_metadata_change
+    await replicas.start()
+    controller = Controller(quorum, config)  # type: ignore[arg-type]
+    context = ApiContext(config, quorum, logs, appends, replicas, controller)  # type: ignore[arg-type]
+    yield Broker(context, Dispatcher(context), logs, quorum)
+    await replicas.stop()
     logs.close()
 
 
@@ -276,7 +257,8 @@ async def test_produce_then_fetch_returns_the_batches(broker: Broker, version: i
         records = partition.records
         assert len(records) == len(first) + len(second)
         assert struct.unpack_from(">q", records, len(first))[0] == 3  # offset assigned
-        assert records[8:][: len(first) - 8] == first[8:]
+        assert payload(records[: len(first)]) == payload(first)
+        assert parse_header(records).partition_leader_epoch == 0  # stamped by the leader
 
 
 async def test_log_append_time_is_reported(broker: Broker) -> None:
@@ -481,9 +463,7 @@ async def test_create_topics_errors(broker: Broker) -> None:
     assert (await error(name="exists"))[0] == ErrorCode.topic_already_exists
     assert (await error(num_partitions=0))[0] == ErrorCode.invalid_partitions
     code, message = await error(replication_factor=3)
-    assert code == ErrorCode.invalid_replication_factor and "larger than available brokers: 1" in (
-        message
-    )
+    assert code == ErrorCode.invalid_replication_factor and "only 1 broker(s)" in message
     assert (await error(name="bad/name"))[0] == ErrorCode.invalid_topic_exception
     code, message = await error(configs=[{"name": "cleanup.policy", "value": "compact"}])
     assert code == ErrorCode.invalid_config and "compaction is not supported" in message
@@ -720,3 +700,144 @@ async def test_init_producer_id(broker: Broker) -> None:
         INIT_PRODUCER_ID, 4, {"transactional_id": "tx", "transaction_timeout": 60000}
     )
     assert response.error_code == ErrorCode.transactional_id_authorization_failed
+
+
+# --- the cluster: DescribeCluster, BrokerHeartbeat, ElectLeaders, reassignments --------
+
+
+async def register(broker: Broker, *nodes: int) -> None:
+    for node in nodes:
+        await broker.quorum.submit("register_broker", node, "127.0.0.1", 9092 + node, "r1")
+
+
+@pytest.mark.parametrize("version", [0, 1])
+async def test_describe_cluster(broker: Broker, version: int) -> None:
+    await register(broker, 7)
+    response = await broker.call(DESCRIBE_CLUSTER, version, {"endpoint_type": 1})
+    assert response.error_code == ErrorCode.none
+    assert (response.cluster_id, response.controller_id) == ("brook", NODE)
+    assert [(b.broker_id, b.port, b.rack) for b in response.brokers] == [
+        (NODE, 9092, None),
+        (7, 9099, "r1"),
+    ]
+    if version == 1:
+        other = await broker.call(DESCRIBE_CLUSTER, 1, {"endpoint_type": 2})
+        assert other.error_code == ErrorCode.unsupported_endpoint_type
+
+
+@pytest.mark.parametrize("version", [0, 1])
+async def test_broker_heartbeat(broker: Broker, version: int) -> None:
+    epoch = broker.quorum.state.brokers[NODE].epoch
+    body = {"broker_id": NODE, "broker_epoch": epoch, "current_metadata_offset": 0}
+    answer = await broker.call(BROKER_HEARTBEAT, version, body)
+    assert (answer.error_code, answer.is_fenced, answer.should_shut_down) == (0, False, False)
+    stale = await broker.call(BROKER_HEARTBEAT, version, {**body, "broker_epoch": epoch + 1})
+    assert stale.error_code == ErrorCode.stale_broker_epoch
+    broker.quorum.is_active_controller = False
+    elsewhere = await broker.call(BROKER_HEARTBEAT, version, body)
+    assert elsewhere.error_code == ErrorCode.not_controller
+
+
+async def test_elect_leaders(broker: Broker) -> None:
+    await register(broker, 7)
+    await broker.call(
+        CREATE_TOPICS,
+        7,
+        {
+            "topics": [
+                {
+                    "name": "e",
+                    "num_partitions": -1,
+                    "replication_factor": -1,
+                    "configs": [],
+                    "assignments": [{"partition_index": 0, "broker_ids": [7, NODE]}],
+                }
+            ]
+        },
+    )
+    state = broker.quorum.state
+    epoch = state.brokers[7].epoch
+    await broker.quorum.submit("fence_broker", 7, epoch)
+    await broker.quorum.submit("unfence_broker", 7, epoch)
+    partition = state.topics["e"].partitions[0]
+    assert partition.leader == NODE
+    await broker.quorum.submit(
+        "alter_partition",
+        "e",
+        0,
+        NODE,
+        partition.leader_epoch,
+        partition.partition_epoch,
+        (NODE, 7),
+    )
+    for version in (0, 2):
+        response = await broker.call(
+            ELECT_LEADERS,
+            version,
+            {
+                "election_type": 0,
+                "topic_partitions": [{"topic": "e", "partitions": [0, 4]}],
+                "timeout": 1000,
+            },
+        )
+        [result] = response.replica_election_results
+        assert [(p.partition_id, p.error_code) for p in result.partition_result] == [
+            (0, ErrorCode.none if version == 0 else ErrorCode.election_not_needed),
+            (4, ErrorCode.unknown_topic_or_partition),
+        ]
+    assert state.topics["e"].partitions[0].leader == 7
+    unclean = await broker.call(
+        ELECT_LEADERS, 1, {"election_type": 1, "topic_partitions": None, "timeout": 1000}
+    )
+    assert unclean.error_code == ErrorCode.none and unclean.replica_election_results == ()
+
+
+async def test_reassignments(broker: Broker) -> None:
+    await register(broker, 7)
+    await broker.create("r", 2)
+    response = await broker.call(
+        ALTER_PARTITION_REASSIGNMENTS,
+        0,
+        {
+            "timeout": 1000,
+            "topics": [
+                {
+                    "name": "r",
+                    "partitions": [
+                        {"partition_index": 0, "replicas": [7]},
+                        {"partition_index": 1, "replicas": [NODE, NODE]},
+                        {"partition_index": 5, "replicas": [7]},
+                    ],
+                }
+            ],
+        },
+    )
+    [topic] = response.responses
+    assert [(p.partition_index, p.error_code) for p in topic.partitions] == [
+        (0, ErrorCode.none),
+        (1, ErrorCode.invalid_replica_assignment),
+        (5, ErrorCode.unknown_topic_or_partition),
+    ]
+    listed = await broker.call(LIST_PARTITION_REASSIGNMENTS, 0, {"timeout": 1000, "topics": None})
+    [ongoing] = listed.topics
+    assert ongoing.name == "r"
+    assert [
+        (p.partition_index, p.replicas, p.adding_replicas, p.removing_replicas)
+        for p in ongoing.partitions
+    ] == [(0, (7, NODE), (7,), (NODE,))]
+    filtered = await broker.call(
+        LIST_PARTITION_REASSIGNMENTS,
+        0,
+        {"timeout": 1000, "topics": [{"name": "r", "partition_indexes": [1]}]},
+    )
+    assert filtered.topics == ()
+    cancel = await broker.call(
+        ALTER_PARTITION_REASSIGNMENTS,
+        0,
+        {
+            "timeout": 1000,
+            "topics": [{"name": "r", "partitions": [{"partition_index": 0, "replicas": None}]}],
+        },
+    )
+    assert cancel.responses[0].partitions[0].error_code == ErrorCode.none
+    assert broker.quorum.state.topics["r"].partitions[0].replicas == (NODE,)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from brook_cli.local import (
+    CONTROLLER_PORT_OFFSET,
     HTTP_PORT_OFFSET,
     BrokerProcess,
     BrokerSpec,
@@ -26,16 +27,21 @@ def test_local_up_defaults() -> None:
     options, specs = parse_arguments(["local", "up"])
     assert options.data_dir == Path(".brook-local")
     assert options.ready_timeout > 0 and options.stop_timeout > 0
+    quorum = "0@127.0.0.1:11092,1@127.0.0.1:11093,2@127.0.0.1:11094"
     assert specs == [
         BrokerSpec(
-            node_id=0,
-            data_dir=Path(".brook-local/broker-0"),
+            node_id=index,
+            data_dir=Path(f".brook-local/broker-{index}"),
             host="127.0.0.1",
-            kafka_port=9092,
-            http_port=9092 + HTTP_PORT_OFFSET,
+            kafka_port=9092 + index,
+            http_port=9092 + index + HTTP_PORT_OFFSET,
+            controller_port=9092 + index + CONTROLLER_PORT_OFFSET,
+            controller_quorum=quorum,
         )
+        for index in range(3)
     ]
-    assert bootstrap_servers(specs) == "127.0.0.1:9092"
+    assert bootstrap_servers(specs) == "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094"
+    assert specs[2].controller_address == "127.0.0.1:11094"
 
 
 def test_local_up_flags_and_broker_arguments() -> None:
@@ -49,6 +55,8 @@ def test_local_up_flags_and_broker_arguments() -> None:
             "19092",
             "--host",
             "::1",
+            "--brokers",
+            "1",
             "--ready-timeout",
             "5",
             "--",
@@ -70,24 +78,27 @@ def test_local_up_flags_and_broker_arguments() -> None:
         "--listen": "[::1]:19092",
         "--advertised-listener": "[::1]:19092",
         "--http-listen": f"[::1]:{19092 + HTTP_PORT_OFFSET}",
+        "--controller-quorum": f"0@[::1]:{19092 + CONTROLLER_PORT_OFFSET}",
+        "--controller-listen": f"[::1]:{19092 + CONTROLLER_PORT_OFFSET}",
         "--log-retention-ms": "1000",
     }
 
 
 def test_wildcard_host_listens_everywhere_but_advertises_loopback() -> None:
-    _, (spec,) = parse_arguments(["local", "up", "--host", "0.0.0.0"])
-    command = spec.command()
-    assert command[command.index("--listen") + 1] == "0.0.0.0:9092"
-    assert command[command.index("--advertised-listener") + 1] == "127.0.0.1:9092"
-    assert spec.http_address == f"127.0.0.1:{9092 + HTTP_PORT_OFFSET}"
+    _, specs = parse_arguments(["local", "up", "--host", "0.0.0.0"])
+    command = specs[1].command()
+    assert command[command.index("--listen") + 1] == "0.0.0.0:9093"
+    assert command[command.index("--advertised-listener") + 1] == "127.0.0.1:9093"
+    assert command[command.index("--controller-listen") + 1] == "0.0.0.0:11093"
+    assert command[command.index("--controller-quorum") + 1].startswith("0@127.0.0.1:11092,")
+    assert specs[1].http_address == f"127.0.0.1:{9093 + HTTP_PORT_OFFSET}"
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["local", "up", "--brokers", "3"], "--brokers 3"),
         (["local", "up", "--brokers", "0"], "expected a number >= 1"),
-        (["local", "up", "--port", "65000"], "--port 65000"),
+        (["local", "up", "--port", "63535"], "--port 63535"),
         (["local", "up", "--port", "0"], "--port 0"),
         (["local", "up", "--port", "x"], "invalid int value"),
         (["local", "up", "--stop-timeout", "0"], "expected seconds > 0"),
@@ -105,11 +116,22 @@ def test_bad_arguments_exit_2_with_a_message(
     assert message in capsys.readouterr().err
 
 
-def test_http_port_scheme_and_one_broker_limit() -> None:
-    specs = plan_cluster(brokers=1, data_dir=Path("d"), host="127.0.0.1", port=30000)
-    assert [(spec.kafka_port, spec.http_port) for spec in specs] == [(30000, 31000)]
-    with pytest.raises(ValueError, match="replication"):
-        plan_cluster(brokers=2, data_dir=Path("d"), host="127.0.0.1", port=30000)
+def test_port_scheme_of_a_cluster() -> None:
+    specs = plan_cluster(brokers=5, data_dir=Path("d"), host="127.0.0.1", port=30000)
+    assert [(s.kafka_port, s.http_port, s.controller_port) for s in specs] == [
+        (30000 + index, 31000 + index, 32000 + index) for index in range(5)
+    ]
+    assert {spec.controller_quorum for spec in specs} == {
+        ",".join(f"{index}@127.0.0.1:{32000 + index}" for index in range(5))
+    }
+    with pytest.raises(ValueError, match="Raft"):
+        plan_cluster(brokers=3, data_dir=Path("d"), host="127.0.0.1", port=63534)
+
+
+def test_a_broker_without_a_quorum_gets_no_quorum_flags() -> None:
+    spec = BrokerSpec(node_id=0, data_dir=Path("d"), host="h", kafka_port=1, http_port=2)
+    assert spec.controller_address is None
+    assert "--controller-quorum" not in spec.command()
 
 
 def test_bootstrap_lists_every_broker_in_node_order() -> None:
@@ -156,5 +178,5 @@ def test_describe_exit(code: int, expected: str) -> None:
 
 
 def test_stopping_brokers_that_never_started_does_nothing() -> None:
-    (spec,) = plan_cluster(brokers=1, data_dir=Path("d"), host="127.0.0.1", port=9092)
-    assert stop_all([BrokerProcess(spec)], timeout=1) == []
+    specs = plan_cluster(brokers=3, data_dir=Path("d"), host="127.0.0.1", port=9092)
+    assert stop_all([BrokerProcess(spec) for spec in specs], timeout=1) == []

@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from brook_broker.config import BrokerConfig, build_parser, load_config, split_host_port
+from brook_broker.config import (
+    BrokerConfig,
+    build_parser,
+    load_config,
+    parse_quorum,
+    split_host_port,
+)
 
 
 def test_defaults_without_flags_or_environment() -> None:
@@ -88,6 +94,12 @@ def test_advertised_address_defaults_to_listener() -> None:
         ([], {"BROOK_LOG_RETENTION_MS": "week"}, "BROOK_LOG_RETENTION_MS"),
         ([], {"BROOK_AUTO_CREATE_TOPICS": "2"}, "BROOK_AUTO_CREATE_TOPICS"),
         ([], {"BROOK_LISTEN": "9092"}, "--listen"),
+        (["--controller-quorum", "0@a:1,b:2"], {}, "--controller-quorum"),
+        (["--controller-quorum", "0@a:1,0@b:2"], {}, "named twice"),
+        (["--controller-listen", "nowhere"], {}, "--controller-listen"),
+        (["--broker-heartbeat-interval-ms", "2000"], {}, "--broker-session-timeout-ms"),
+        (["--broker-heartbeat-interval-ms", "0"], {}, "--broker-heartbeat-interval-ms"),
+        (["--replica-lag-time-max-ms", "0"], {}, "--replica-lag-time-max-ms"),
     ],
 )
 def test_bad_values_exit_with_a_message(
@@ -116,3 +128,45 @@ def test_every_setting_has_a_flag_with_help() -> None:
     actions = {action.dest: action for action in build_parser()._actions}
     for name in BrokerConfig.__dataclass_fields__:
         assert actions[name].help
+
+
+def test_cluster_flags() -> None:
+    config = load_config(
+        [
+            "--controller-quorum",
+            "0@10.0.0.1:9093, 1@broker-1.brook:9093,2@[::1]:9093",
+            "--controller-listen",
+            "0.0.0.0:9093",
+            "--rack",
+            "eu-1a",
+            "--broker-heartbeat-interval-ms",
+            "100",
+            "--broker-session-timeout-ms",
+            "900",
+            "--replica-lag-time-max-ms",
+            "5000",
+            "--replication-throttle-bytes",
+            "1048576",
+        ],
+        {"BROOK_AUTO_LEADER_REBALANCE": "false"},
+    )
+    assert config.voters == {0: "10.0.0.1:9093", 1: "broker-1.brook:9093", 2: "::1:9093"}
+    assert config.controller_listen == "0.0.0.0:9093"
+    assert config.rack == "eu-1a"
+    assert (config.broker_heartbeat_interval_ms, config.broker_session_timeout_ms) == (100, 900)
+    assert config.replica_lag_time_max_ms == 5000
+    assert config.replication_throttle_bytes == 1048576
+    assert config.auto_leader_rebalance is False
+
+
+def test_without_a_quorum_the_broker_is_its_own() -> None:
+    config = load_config([], {})
+    assert config.voters == {}
+    assert (config.broker_heartbeat_interval_ms, config.broker_session_timeout_ms) == (250, 1500)
+    assert config.auto_leader_rebalance is True and config.rack is None
+
+
+@pytest.mark.parametrize("text", ["", "0@", "x@a:1", "0@a", "0@a:1,1@a:1"])
+def test_parse_quorum_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_quorum(text)

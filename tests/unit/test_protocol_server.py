@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from brook_broker.protocol import codec
-from brook_broker.protocol.server import KafkaServer
+from brook_broker.protocol.server import KafkaServer, when_connection_closes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kio.schema.produce.v9.request import ProduceRequest
@@ -162,3 +162,39 @@ def test_unsupported_api_versions_request_is_answered_in_v0_with_error_35() -> N
     _size, correlation_id, error_code = struct.unpack_from(">iih", transport.written, 0)
     assert (correlation_id, error_code) == (42, 35)
     assert not transport.closed
+
+
+class ClosingWatcher(RecordingDispatcher):
+    """Registers under one key on every request, as the heartbeat handler does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed: list[int] = []
+
+    async def handle(self, request: codec.Request) -> Mapping[str, Any] | None:
+        correlation_id = request.correlation_id
+        when_connection_closes("watch", lambda: self.closed.append(correlation_id))
+        return await super().handle(request)
+
+
+def test_a_handler_is_told_once_when_its_connection_closes() -> None:
+    async def run() -> ClosingWatcher:
+        dispatcher = ClosingWatcher()
+        connection = KafkaServer(dispatcher, 10_000)._new_connection()
+        connection.connection_made(FakeTransport())
+        stream = produce_frame(1, 10) + produce_frame(2, 10)
+        buffer = connection.get_buffer(-1)
+        buffer[: len(stream)] = stream
+        connection.buffer_updated(len(stream))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert dispatcher.closed == []
+        connection.connection_lost(None)
+        connection.connection_lost(None)
+        return dispatcher
+
+    assert asyncio.run(run()).closed == [2]
+
+
+def test_registering_outside_a_request_does_nothing() -> None:
+    when_connection_closes("nobody", lambda: None)

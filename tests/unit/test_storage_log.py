@@ -21,18 +21,26 @@ from brook_broker.storage.log import (
     PartitionLog,
     wall_clock_ms,
 )
-from test_storage_batches import BASE_TIME_MS, CODECS, make_batch, payload, split_batches
+
+from tests.support.batches import BASE_TIME_MS, CODECS, make_batch, payload, split_batches
+from tests.support.fsync import count_fsyncs
 
 NOW_MS = BASE_TIME_MS + 60_000
 
 
 def open_log(tmp_path: Path, **config: int) -> PartitionLog:
-    return PartitionLog.open(tmp_path / "orders-0", "orders", 0, LogConfig(**config))
+    """The log of a replica that leads in epoch 0, as ``append`` writes it."""
+    log = PartitionLog.open(tmp_path / "orders-0", "orders", 0, LogConfig(**config))
+    log.leader_epochs.assign(0, log.log_end_offset)
+    return log
 
 
 def append(log: PartitionLog, *batches: bytes, now_ms: int = NOW_MS, **options: bool) -> AppendInfo:
+    """Append as the only replica would: everything appended is committed at once."""
     records = b"".join(batches)
-    return log.append(records, validate_batches(records), now_ms=now_ms, **options)
+    info = log.append(records, validate_batches(records), now_ms=now_ms, leader_epoch=0, **options)
+    log.high_watermark = log.log_end_offset
+    return info
 
 
 def consume(log: PartitionLog, offset: int, max_bytes: int = 1 << 20) -> list[tuple[int, bytes]]:
@@ -165,9 +173,9 @@ def test_one_append_is_one_pwritev_of_views_into_the_records(
         return real_pwritev(fd, buffers, position)
 
     monkeypatch.setattr(os, "pwritev", recording_pwritev)
-    log.append(records, validate_batches(records), now_ms=NOW_MS)
+    log.append(records, validate_batches(records), now_ms=NOW_MS, leader_epoch=0)
     (buffers,) = calls
-    assert len(buffers) == 6  # base offset + the rest, for each batch
+    assert len(buffers) == 6  # base offset and leader epoch + the rest, for each batch
     views = [buffer for buffer in buffers if isinstance(buffer, memoryview)]
     assert len(views) == 3
     assert all(view.obj is records for view in views)  # the payload was not copied
@@ -216,9 +224,9 @@ def test_headers_must_cover_the_records(tmp_path: Path) -> None:
     log = open_log(tmp_path)
     batch = make_batch([b"a"])
     with pytest.raises(ValueError):
-        log.append(batch + b"extra", validate_batches(batch), now_ms=NOW_MS)
+        log.append(batch + b"extra", validate_batches(batch), now_ms=NOW_MS, leader_epoch=0)
     with pytest.raises(ValueError):
-        log.append(b"", [], now_ms=NOW_MS)
+        log.append(b"", [], now_ms=NOW_MS, leader_epoch=0)
     assert log.log_end_offset == 0
 
 
@@ -226,7 +234,10 @@ def test_log_append_time_stamps_a_copy_of_each_batch(tmp_path: Path) -> None:
     log = open_log(tmp_path)
     records = make_batch([b"a", b"b"]) + make_batch([b"c"])
     original = bytes(records)
-    info = log.append(records, validate_batches(records), now_ms=NOW_MS, log_append_time=True)
+    info = log.append(
+        records, validate_batches(records), now_ms=NOW_MS, leader_epoch=0, log_append_time=True
+    )
+    log.high_watermark = log.log_end_offset
     assert info.log_append_time_ms == NOW_MS
     assert records == original
     stored = log.read(0, 10**6)
@@ -506,23 +517,11 @@ def test_offset_for_timestamp_on_an_empty_log_is_none(tmp_path: Path) -> None:
 # Flush policy and lifecycle
 
 
-def _count_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    synced: list[int] = []
-    real_fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        synced.append(fd)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", counting_fsync)
-    return synced
-
-
 def test_flush_messages_fsyncs_after_that_many_records(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     log = open_log(tmp_path, flush_messages=3)
-    synced = _count_fsyncs(monkeypatch)
+    synced = count_fsyncs(monkeypatch)
     append(log, make_batch([b"a", b"b"]))
     assert synced == []
     append(log, make_batch([b"c"]))
@@ -534,7 +533,7 @@ def test_flush_messages_fsyncs_after_that_many_records(
 
 def test_no_fsync_by_default_until_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = open_log(tmp_path, segment_bytes=500)
-    synced = _count_fsyncs(monkeypatch)
+    synced = count_fsyncs(monkeypatch)
     fill(log, 20)
     assert synced == []
     before = log.last_flush_ms
@@ -549,7 +548,7 @@ def test_flush_with_nothing_written_does_not_fsync(
     log = open_log(tmp_path)
     fill(log, 1)
     log.flush()
-    synced = _count_fsyncs(monkeypatch)
+    synced = count_fsyncs(monkeypatch)
     log.flush()
     assert synced == []
 

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import uuid
 from pathlib import Path
 
 import pytest
 from brook_broker.storage.batch import validate_batches
 from brook_broker.storage.log import LogConfig, PartitionLog, wall_clock_ms
 from brook_broker.storage.manager import LogManager, parse_partition_directory_name
-from test_storage_batches import BASE_TIME_MS, make_batch
+
+from tests.support.batches import BASE_TIME_MS, make_batch
+from tests.support.fsync import count_fsyncs
 
 
 def _append(log: PartitionLog, *values: bytes, timestamp: int = BASE_TIME_MS) -> None:
     batch = make_batch(list(values), timestamps=[timestamp] * len(values))
-    log.append(batch, validate_batches(batch), now_ms=BASE_TIME_MS)
+    log.append(batch, validate_batches(batch), now_ms=BASE_TIME_MS, leader_epoch=0)
+    log.high_watermark = log.log_end_offset
 
 
 @pytest.mark.parametrize(
@@ -64,6 +67,26 @@ def test_open_existing_reopens_logs_and_removes_deleted_topics(tmp_path: Path) -
     reopened.close()
 
 
+def test_a_log_left_by_an_earlier_topic_of_the_same_name_is_replaced(tmp_path: Path) -> None:
+    first, second = uuid.UUID(int=11), uuid.UUID(int=12)
+    manager = LogManager(tmp_path)
+    _append(manager.create("t", 0, LogConfig(), first), b"old")
+    assert manager.create("t", 0, LogConfig(), first).log_end_offset == 1  # the same topic
+    manager.close()
+    reopened = LogManager(tmp_path)
+    reopened.open_existing(lambda topic, partition: LogConfig())
+    log = reopened.create("t", 0, LogConfig(), second)  # deleted and made again meanwhile
+    assert log.log_end_offset == 0
+    assert (
+        "topic_id: 00000000-0000-0000-0000-00000000000c"
+        in (tmp_path / "t-0" / "partition.metadata").read_text()
+    )
+    reopened.delete("t", 0)
+    assert not (tmp_path / "t-0").exists()
+    reopened.delete("t", 0)  # nothing left: no error
+    reopened.close()
+
+
 def test_create_is_idempotent(tmp_path: Path) -> None:
     manager = LogManager(tmp_path)
     assert manager.get("t", 0) is None
@@ -95,14 +118,7 @@ async def test_maintenance_enforces_retention_and_flushes_by_flush_ms(
     flushed = manager.create("flushed", 0, LogConfig(flush_ms=30))
     kept = manager.create("kept", 0, LogConfig())
     _append(kept, b"x", timestamp=wall_clock_ms())
-    synced: list[int] = []
-    real_fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        synced.append(fd)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", counting_fsync)
+    synced = count_fsyncs(monkeypatch)
     task = asyncio.create_task(manager.run_maintenance(check_interval_ms=60_000))
     try:
         _append(flushed, b"y")

@@ -7,7 +7,15 @@ import struct
 import pytest
 from brook_broker.storage.batch import InvalidBatch, parse_header, set_log_append_time
 from brook_broker.storage.records import decompress, first_record_at_or_after, read_varint
-from test_storage_batches import BASE_TIME_MS, CODECS, encode_record, make_batch, varint
+
+from tests.support.batches import (
+    BASE_TIME_MS,
+    CODECS,
+    Record,
+    encode_record,
+    make_batch,
+    varint,
+)
 
 
 @pytest.mark.parametrize("codec", sorted(CODECS))
@@ -60,14 +68,14 @@ def _with_records(records: bytes, count: int) -> bytes:
 
 
 def test_record_longer_than_its_batch_raises_invalid_batch() -> None:
-    record = encode_record(0, 0, None, b"a" * 50)
+    record = encode_record(Record(None, b"a" * 50), 0)
     batch = _with_records(varint(len(record) + 100) + record[1:], 1)
     with pytest.raises(InvalidBatch):
         first_record_at_or_after(batch, parse_header(batch), BASE_TIME_MS + 1)
 
 
 def test_fewer_records_than_counted_raise_invalid_batch() -> None:
-    batch = _with_records(encode_record(0, 0, None, b"a"), 2)
+    batch = _with_records(encode_record(Record(None, b"a"), 0), 2)
     assert first_record_at_or_after(batch, parse_header(batch), BASE_TIME_MS) == (0, BASE_TIME_MS)
     with pytest.raises(InvalidBatch):
         first_record_at_or_after(batch, parse_header(batch), BASE_TIME_MS + 1)

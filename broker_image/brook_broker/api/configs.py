@@ -15,6 +15,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from ..metadata.errors import ApiError
+from ..metadata.model import TopicState
 from ..metadata.topic_config import (
     ConfigEntry,
     ConfigType,
@@ -23,7 +24,7 @@ from ..metadata.topic_config import (
     describe_topic,
     effective_value,
 )
-from ..metadata.topics import Topic, validate_topic_name
+from ..metadata.topics import validate_topic_name
 from ..protocol.codec import Request
 from .context import ApiContext
 from .errors import count_error
@@ -97,7 +98,7 @@ async def incremental_alter_configs(context: ApiContext, request: Request) -> Ma
                 )
             topic = _topic(context, resource.resource_name)
             overrides = _apply(context, topic, resource.configs)
-            context.alter_configs(topic.name, overrides, validate_only=body.validate_only)
+            await context.alter_configs(topic.name, overrides, validate_only=body.validate_only)
         except ApiError as error:
             count_error(request, error.code)
             response.update(error_code=error.code, error_message=error.message)
@@ -123,7 +124,7 @@ def _describe(
     raise ApiError(ErrorCode.invalid_request, f"Unsupported resource type {resource_type}")
 
 
-def _topic(context: ApiContext, name: str) -> Topic:
+def _topic(context: ApiContext, name: str) -> TopicState:
     validate_topic_name(name)
     topic = context.topics.get(name)
     if topic is None:
@@ -131,7 +132,7 @@ def _topic(context: ApiContext, name: str) -> Topic:
     return topic
 
 
-def _apply(context: ApiContext, topic: Topic, operations: Any) -> dict[str, str]:
+def _apply(context: ApiContext, topic: TopicState, operations: Any) -> dict[str, str]:
     """The topic's overrides after SET, DELETE, APPEND and SUBTRACT (not yet validated)."""
     names = Counter(operation.name for operation in operations)
     duplicated = sorted(name for name, count in names.items() if count > 1)

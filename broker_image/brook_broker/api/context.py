@@ -1,28 +1,36 @@
-"""What request handlers act on: the broker's settings, its topic registry and partition logs.
+"""What request handlers act on: the broker's settings, the replicated cluster metadata,
+and this broker's partition logs.
 
-Changes that touch both the registry and the logs (creating, deleting, growing a topic,
-changing its configs) are done here, once, in the order that a crash between the two
-steps can be repaired on the next start: the registry first, then the logs. On start,
-logs of topics the registry no longer has are removed and missing logs are created.
+Topics live in the metadata quorum. Admin changes (create, delete, grow, configs,
+producer id blocks) are commands submitted through the local quorum member, which
+forwards them to the active controller; they return once the change is applied on this
+broker, so a client that created a topic here finds it here. The partition logs follow
+the metadata, not the requests: the replica manager creates and deletes them as changes
+are applied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
 
 from kio.schema.errors import ErrorCode
 
 from ..config import BrokerConfig
+from ..controller.controller import Controller
+from ..metadata.cluster_state import ClusterState
 from ..metadata.errors import ApiError
-from ..metadata.topic_config import TopicSettings, resolve
-from ..metadata.topics import Topic, TopicRegistry
-from ..storage.log import LogConfig
+from ..metadata.model import TopicState
+from ..metadata.quorum import MetadataQuorum
+from ..metadata.topic_config import TopicSettings, resolve, validate_overrides
+from ..replication import ReplicaManager
 from ..storage.manager import LogManager
 
-LIVE_BROKERS = 1
-"""A single broker until replication arrives: replication factors above this are refused."""
+PRODUCER_ID_BLOCK = 1000
+"""Producer ids are taken from the quorum this many at a time, so most InitProducerId
+requests commit nothing."""
 
 
 class AppendNotifier:
@@ -61,16 +69,47 @@ class AppendNotifier:
                         del self._waiters[key]
 
 
-class ApiContext:
-    """Shared by all handlers of one broker; the only place topics change."""
+class TopicsView:
+    """The topics of the replicated metadata, read as handlers need them."""
 
-    def __init__(self, config: BrokerConfig, topics: TopicRegistry, logs: LogManager) -> None:
+    def __init__(self, quorum: MetadataQuorum) -> None:
+        self._quorum = quorum
+
+    def get(self, name: str) -> TopicState | None:
+        return self._quorum.state.topics.get(name)
+
+    def get_by_id(self, topic_id: uuid.UUID) -> TopicState | None:
+        return self._quorum.state.topic_by_id(topic_id)
+
+    def list_topics(self) -> list[TopicState]:
+        return sorted(self._quorum.state.topics.values(), key=lambda topic: topic.name)
+
+
+class ApiContext:
+    """Shared by all handlers of one broker."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        quorum: MetadataQuorum,
+        logs: LogManager,
+        appends: AppendNotifier,
+        replicas: ReplicaManager | None,
+        controller: Controller | None = None,
+    ) -> None:
         self.config = config
-        self.topics = topics
+        self.quorum = quorum
+        self.topics = TopicsView(quorum)
         self.logs = logs
-        self.appends = AppendNotifier()
+        self.appends = appends
+        self.replicas = replicas
+        """This broker's replicas (leaders and followers); None before it has started."""
+        self.controller = controller
+        """The controller's duties, on voters; None on observers."""
         self.advertised_address: tuple[str, int] = config.advertised_address
-        self._settings: dict[str, tuple[Topic, TopicSettings]] = {}
+        self._settings: dict[str, tuple[Mapping[str, str], TopicSettings]] = {}
+        self._next_producer_id = 0
+        self._producer_id_limit = 0
 
     def bound(self, kafka_address: tuple[str, int]) -> None:
         """The listener is bound: advertise its port unless an advertised listener was set,
@@ -84,77 +123,97 @@ class ApiContext:
 
     # --- reads -------------------------------------------------------------------------
 
-    def settings(self, topic: Topic) -> TopicSettings:
+    def settings(self, topic: TopicState) -> TopicSettings:
         """The topic's effective settings, resolved once per change of its overrides."""
         cached = self._settings.get(topic.name)
-        if cached is not None and cached[0] is topic:
+        if cached is not None and cached[0] is topic.configs:
             return cached[1]
         settings = resolve(topic.configs, self.config)
-        self._settings[topic.name] = (topic, settings)
+        self._settings[topic.name] = (topic.configs, settings)
         return settings
-
-    def log_config_for(self, topic_name: str, partition: int) -> LogConfig | None:
-        """For opening logs on start: None for a partition the registry does not know."""
-        topic = self.topics.get(topic_name)
-        if topic is None or not 0 <= partition < topic.partitions:
-            return None
-        return self.settings(topic).log
 
     # --- changes -----------------------------------------------------------------------
 
-    def open_missing_logs(self) -> None:
-        for topic in self.topics.list_topics():
-            self._create_logs(topic, 0)
-
-    def create_topic(
+    async def create_topic(
         self,
         name: str,
         partitions: int,
         replication_factor: int,
         configs: Iterable[tuple[str, str | None]] = (),
         *,
+        assignments: Sequence[Sequence[int]] | None = None,
         validate_only: bool = False,
-    ) -> Topic:
-        if replication_factor > LIVE_BROKERS:
-            raise ApiError(
-                ErrorCode.invalid_replication_factor,
-                f"Replication factor: {replication_factor} larger than available brokers: "
-                f"{LIVE_BROKERS}.",
-            )
-        topic = self.topics.create_topic(
-            name, partitions, replication_factor, configs, validate_only=validate_only
+    ) -> TopicState:
+        arguments = (
+            name,
+            self._new_topic_id(),
+            partitions,
+            replication_factor,
+            validate_overrides(configs),
+            None if assignments is None else [tuple(replicas) for replicas in assignments],
         )
-        if not validate_only:
-            self._create_logs(topic, 0)
+        if validate_only:
+            return self._trial().create_topic(*arguments)
+        topic: TopicState = await self.quorum.submit("create_topic", *arguments)
         return topic
 
-    def delete_topic(self, name: str) -> Topic:
-        topic = self.topics.delete_topic(name)
+    async def delete_topic(self, name: str) -> TopicState:
+        topic = self.topics.get(name)
+        if topic is None:
+            raise ApiError(
+                ErrorCode.unknown_topic_or_partition,
+                f"This server does not host this topic: {name}",
+            )
+        await self.quorum.submit("delete_topic", name)
         self._settings.pop(name, None)
-        self.logs.delete_topic(name)
         return topic
 
-    def add_partitions(self, name: str, total: int, *, validate_only: bool = False) -> Topic:
-        before = self.topics.get(name)
-        topic = self.topics.add_partitions(name, total, validate_only=validate_only)
-        if not validate_only and before is not None:
-            self._create_logs(topic, before.partitions)
+    async def add_partitions(
+        self,
+        name: str,
+        total: int,
+        assignments: Sequence[Sequence[int]] | None = None,
+        *,
+        validate_only: bool = False,
+    ) -> TopicState:
+        arguments = (
+            name,
+            total,
+            None if assignments is None else [tuple(replicas) for replicas in assignments],
+        )
+        if validate_only:
+            return self._trial().create_partitions(*arguments)
+        topic: TopicState = await self.quorum.submit("create_partitions", *arguments)
         return topic
 
-    def alter_configs(
+    async def alter_configs(
         self, name: str, configs: Mapping[str, str], *, validate_only: bool = False
-    ) -> Topic:
-        topic = self.topics.alter_configs(name, configs, validate_only=validate_only)
-        if not validate_only:
-            log_config = self.settings(topic).log
-            for partition in range(topic.partitions):
-                partition_log = self.logs.get(name, partition)
-                if partition_log is not None:
-                    partition_log.update_config(log_config)
+    ) -> TopicState:
+        """Replace a topic's config overrides with ``configs``."""
+        overrides = validate_overrides(configs.items())
+        if validate_only:
+            return self._trial().alter_topic_configs(name, overrides)
+        topic: TopicState = await self.quorum.submit("alter_topic_configs", name, overrides)
         return topic
 
-    def _create_logs(self, topic: Topic, first_partition: int) -> None:
-        log_config = self.settings(topic).log
-        for partition in range(first_partition, topic.partitions):
-            if self.logs.get(topic.name, partition) is None:
-                self.logs.create(topic.name, partition, log_config)
+    async def allocate_producer_id(self) -> int:
+        """A producer id never handed out before, by any broker, not even before a restart."""
+        while self._next_producer_id >= self._producer_id_limit:
+            first: int = await self.quorum.submit("allocate_producer_ids", PRODUCER_ID_BLOCK)
+            if self._next_producer_id >= self._producer_id_limit:
+                self._next_producer_id, self._producer_id_limit = first, first + PRODUCER_ID_BLOCK
+        producer_id = self._next_producer_id
+        self._next_producer_id += 1
+        return producer_id
+
+    def _trial(self) -> ClusterState:
+        """A private copy of the state: a validate-only request runs the very command on
+        it, so it is checked exactly as the real one would be, and nothing changes."""
+        return self.quorum.state.copy()
+
+    def _new_topic_id(self) -> uuid.UUID:
+        """A random id; Kafka reserves the zero id (no topic) and 1 (its metadata topic)."""
+        while True:
+            topic_id = uuid.uuid4()
+            if topic_id.int > 1 and self.topics.get_by_id(topic_id) is None:
+                return topic_id

@@ -12,13 +12,19 @@ from .. import metrics
 from ..protocol.codec import Request
 from . import (
     api_versions,
+    broker_heartbeat,
     configs,
     coordinator,
+    describe_cluster,
+    elect_leaders,
     fetch,
     list_offsets,
     metadata,
+    offset_for_leader_epoch,
     produce,
     producer_ids,
+    raft_voters,
+    reassignments,
     topics,
 )
 from .api_versions import SUPPORTED_VERSIONS
@@ -37,9 +43,17 @@ HANDLERS: Mapping[int, Handler] = {
     api_versions.CREATE_TOPICS: topics.create_topics,
     api_versions.DELETE_TOPICS: topics.delete_topics,
     api_versions.INIT_PRODUCER_ID: producer_ids.handle,
+    api_versions.OFFSET_FOR_LEADER_EPOCH: offset_for_leader_epoch.handle,
     api_versions.DESCRIBE_CONFIGS: configs.describe_configs,
     api_versions.CREATE_PARTITIONS: topics.create_partitions,
+    api_versions.ELECT_LEADERS: elect_leaders.handle,
     api_versions.INCREMENTAL_ALTER_CONFIGS: configs.incremental_alter_configs,
+    api_versions.ALTER_PARTITION_REASSIGNMENTS: reassignments.alter,
+    api_versions.LIST_PARTITION_REASSIGNMENTS: reassignments.list_reassignments,
+    api_versions.DESCRIBE_CLUSTER: describe_cluster.handle,
+    api_versions.BROKER_HEARTBEAT: broker_heartbeat.handle,
+    api_versions.ADD_RAFT_VOTER: raft_voters.add_voter,
+    api_versions.REMOVE_RAFT_VOTER: raft_voters.remove_voter,
 }
 
 

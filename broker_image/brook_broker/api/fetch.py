@@ -1,11 +1,17 @@
-"""Fetch: raw record batches from the partition logs, with long polling.
+"""Fetch: raw record batches from the partition logs, with long polling, on the leader.
+
+Consumers read below the high watermark; followers (``replica_id`` >= 0) read up to the
+log end offset, and the offset a follower asks for tells the leader how far that
+follower's log goes, which is what moves the high watermark and the ISR. Replicas that
+a reassignment is adding are served within the replication throttle.
 
 A fetch that finds fewer than ``min_bytes`` waits, up to ``max_wait_ms``, for an append
-to one of its partitions, then reads again; without this consumers would spin. Byte
-limits follow KIP-74: the first batch of the first partition that has data is returned
-whole even when it is larger than the limits, so a consumer can always make progress;
-later partitions only get what still fits. There are no incremental fetch sessions:
-every answer carries session id 0, which tells clients to send full fetches.
+or a move of the high watermark on one of its partitions, then reads again; without
+this consumers would spin. Byte limits follow KIP-74: the first batch of the first
+partition that has data is returned whole even when it is larger than the limits, so a
+consumer can always make progress; later partitions only get what still fits. There
+are no incremental fetch sessions: every answer carries session id 0, which tells
+clients to send full fetches.
 """
 
 from __future__ import annotations
@@ -18,11 +24,12 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from .. import metrics
+from ..metadata.errors import ApiError
 from ..protocol.codec import Request
 from ..storage.batch import iter_headers
 from ..storage.log import OffsetOutOfRange
 from .context import ApiContext
-from .errors import count_error, leader_epoch_error
+from .errors import count_error, leader_replica
 
 _FINAL_EPOCH = -1
 """A session epoch that closes a session; with session id 0 it asks for a full fetch."""
@@ -47,18 +54,34 @@ async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
             "session_id": 0,
             "responses": [],
         }
+    replica_id = getattr(body, "replica_id", -1)
+    if replica_id >= 0:
+        _record_follower_positions(context, body, replica_id)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + body.max_wait.total_seconds()
     while True:
-        results, total_bytes, failed = _read(context, body)
+        results, total_bytes, failed = _read(context, body, replica_id)
         remaining = deadline - loop.time()
         if total_bytes >= body.min_bytes or failed or remaining <= 0:
             break
         await context.appends.wait(((r.topic, r.partition) for r in results), remaining)
-    return _response(request, results)
+    return _response(request, results, counted=replica_id < 0)
 
 
-def _read(context: ApiContext, body: Any) -> tuple[list[_Result], int, bool]:
+def _record_follower_positions(context: ApiContext, body: Any, replica_id: int) -> None:
+    """A follower's fetch offsets are its log end offsets: the leader learns them once per
+    request, before reading (which may wait)."""
+    replicas = context.replicas
+    if replicas is None:
+        return
+    for fetch_topic in body.topics:
+        for fetch_partition in fetch_topic.partitions:
+            partition = replicas.partition(fetch_topic.topic, fetch_partition.partition)
+            if partition is not None and partition.is_leader:
+                partition.follower_fetched(replica_id, fetch_partition.fetch_offset)
+
+
+def _read(context: ApiContext, body: Any, replica_id: int) -> tuple[list[_Result], int, bool]:
     """One pass over the requested partitions: results, bytes found, whether any failed."""
     results: list[_Result] = []
     total_bytes = 0
@@ -70,6 +93,7 @@ def _read(context: ApiContext, body: Any) -> tuple[list[_Result], int, bool]:
                 fetch_topic.topic,
                 fetch_partition,
                 body.max_bytes - total_bytes,
+                replica_id,
                 first=total_bytes == 0,
             )
             total_bytes += len(result.records)
@@ -79,43 +103,59 @@ def _read(context: ApiContext, body: Any) -> tuple[list[_Result], int, bool]:
 
 
 def _read_partition(
-    context: ApiContext, topic_name: str, fetch: Any, response_bytes_left: int, *, first: bool
+    context: ApiContext,
+    topic_name: str,
+    fetch: Any,
+    response_bytes_left: int,
+    replica_id: int,
+    *,
+    first: bool,
 ) -> _Result:
     index = fetch.partition
-    topic = context.topics.get(topic_name)
-    partition_log = None
-    if topic is not None and 0 <= index < topic.partitions:
-        partition_log = context.logs.get(topic_name, index)
-    if partition_log is None:
-        return _Result(topic_name, index, ErrorCode.unknown_topic_or_partition)
+    try:
+        partition = leader_replica(
+            context, topic_name, index, getattr(fetch, "current_leader_epoch", -1)
+        )
+    except ApiError as error:
+        return _Result(topic_name, index, error.code)
+    partition_log = partition.log
     result = _Result(
         topic_name,
         index,
-        leader_epoch_error(getattr(fetch, "current_leader_epoch", -1)),
+        ErrorCode.none,
         partition_log.high_watermark,
         partition_log.log_start_offset,
     )
-    if result.error_code != ErrorCode.none:
-        return result
     limit = min(fetch.partition_max_bytes, response_bytes_left)
+    throttle = None
+    if replica_id in partition.state.adding and context.replicas is not None:
+        throttle = context.replicas.throttle
+    if throttle is not None:
+        limit = min(limit, throttle.available())
+        if limit <= 0:
+            return result  # within the throttle, this replica gets nothing for now
     if limit <= 0 and not first:
         return result  # the response is full; the client asks again
+    upper = partition_log.log_end_offset if replica_id >= 0 else partition_log.high_watermark
     try:
-        records = partition_log.read(fetch.fetch_offset, max(limit, 0))
+        records = partition_log.read(fetch.fetch_offset, max(limit, 0), upper_offset=upper)
     except OffsetOutOfRange:
         result.error_code = ErrorCode.offset_out_of_range
         return result
     if len(records) <= limit or first:
         result.records = records
+        if throttle is not None:
+            throttle.take(len(records))
     return result
 
 
-def _response(request: Request, results: list[_Result]) -> Mapping[str, Any]:
+def _response(request: Request, results: list[_Result], *, counted: bool) -> Mapping[str, Any]:
+    """The answer; ``counted``: the records go to a consumer and count as sent."""
     topics: dict[str, list[dict[str, Any]]] = {}
     for result in results:
         if result.error_code != ErrorCode.none:
             count_error(request, result.error_code)
-        elif result.records:
+        elif result.records and counted:
             metrics.BYTES_OUT.labels(topic=result.topic).inc(len(result.records))
             metrics.RECORDS_OUT.labels(topic=result.topic).inc(
                 sum(header.records_count for _, header in iter_headers(result.records))

@@ -1,9 +1,12 @@
 """ListOffsets: the earliest and latest offsets of a partition, or the offset for a time.
 
-Special timestamps: -2 is the log start offset, -1 the high watermark (the next offset a
-consumer would read, which is also the last stable offset without transactions), and
-from v7 -3 the record with the largest timestamp. Any other timestamp finds the first
-record whose timestamp is at least that, through the time index.
+Answered by the partition's leader only. Special timestamps: -2 is the log start offset,
+-1 the high watermark (the next offset a consumer would read, which is also the last
+stable offset without transactions; a broker asking as a replica gets the log end
+offset, as in Kafka), and from v7 -3 the record with the largest timestamp. Any other
+timestamp finds the first record whose timestamp is at least that, through the time
+index; only records below the high watermark are ever answered. Each answer carries
+the leader epoch that wrote the offset (the current one for the latest offset).
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from ..metadata.errors import ApiError
 from ..protocol.codec import Request
 from ..storage.log import PartitionLog
 from .context import ApiContext
-from .errors import LEADER_EPOCH, count_error, leader_epoch_error
+from .errors import count_error, leader_replica
 
 LATEST = -1
 EARLIEST = -2
@@ -47,28 +51,30 @@ def _list(context: ApiContext, request: Request, topic_name: str, requested: Any
         "offset": -1,
         "leader_epoch": -1,
     }
-    topic = context.topics.get(topic_name)
-    partition_log = None
-    if topic is not None and 0 <= index < topic.partitions:
-        partition_log = context.logs.get(topic_name, index)
-    if partition_log is None:
-        answer["error_code"] = ErrorCode.unknown_topic_or_partition
+    try:
+        partition = leader_replica(
+            context, topic_name, index, getattr(requested, "current_leader_epoch", -1)
+        )
+    except ApiError as error:
+        answer["error_code"] = error.code
         return answer
-    answer["error_code"] = leader_epoch_error(getattr(requested, "current_leader_epoch", -1))
-    if answer["error_code"] != ErrorCode.none:
-        return answer
+    partition_log = partition.log
+    as_replica = getattr(request.body, "replica_id", -1) >= 0
+    upper = partition_log.log_end_offset if as_replica else partition_log.high_watermark
     timestamp = requested.timestamp
     if timestamp == LATEST:
-        found: tuple[int, int] | None = (partition_log.high_watermark, -1)
-    elif timestamp == EARLIEST:
-        found = (partition_log.log_start_offset, -1)
+        answer["offset"] = upper
+        answer["leader_epoch"] = partition.leader_epoch
+        return answer
+    if timestamp == EARLIEST:
+        found: tuple[int, int] | None = (partition_log.log_start_offset, -1)
     elif timestamp == MAX_TIMESTAMP and request.api_version >= _MAX_TIMESTAMP_VERSION:
         found = _max_timestamp(partition_log)
     else:
         found = partition_log.offset_for_timestamp(timestamp)
-    if found is not None and found[0] <= partition_log.high_watermark:
+    if found is not None and (timestamp == EARLIEST or found[0] < upper):
         answer["offset"], answer["timestamp"] = found
-        answer["leader_epoch"] = LEADER_EPOCH
+        answer["leader_epoch"] = partition_log.leader_epochs.epoch_for(found[0])
     return answer
 
 

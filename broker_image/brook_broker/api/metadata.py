@@ -1,8 +1,11 @@
-"""Metadata: this broker, the cluster id, and topics with their partitions and leaders.
+"""Metadata: the live brokers, the cluster id, the active controller, and topics with
+their partitions: leader and leader epoch, replicas, ISR and offline replicas.
 
-On a single broker every partition is led by this broker in leader epoch 0, with itself
-as the only replica and in-sync replica. Unknown topics are created here when the broker
-allows auto-creation and the client does too (``allow_auto_topic_creation``, v4+).
+Everything comes from the replicated cluster metadata as this broker has applied it.
+Brokers are the registered, unfenced ones; a replica on a fenced broker is offline; a
+partition without a leader says LEADER_NOT_AVAILABLE. Unknown topics are created here
+when the broker allows auto-creation and the client does too
+(``allow_auto_topic_creation``, v4+).
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from ..metadata.cluster_state import ClusterState
 from ..metadata.errors import ApiError
-from ..metadata.topics import Topic, validate_topic_name
+from ..metadata.model import NO_LEADER, PartitionState, TopicState
+from ..metadata.topics import validate_topic_name
 from ..protocol.codec import Request
 from .context import ApiContext
-from .errors import LEADER_EPOCH, count_error
+from .errors import count_error
 
 _ZERO_ID = uuid.UUID(int=0)
 _NOT_REQUESTED = -(2**31)
@@ -31,7 +36,8 @@ async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
     include_operations = getattr(body, "include_topic_authorized_operations", False)
     if body.topics is None:
         topics = [
-            _describe(context, topic, include_operations) for topic in context.topics.list_topics()
+            _describe(context, request, topic, include_operations)
+            for topic in context.topics.list_topics()
         ]
     else:
         allow_creation = getattr(body, "allow_auto_topic_creation", True)
@@ -42,13 +48,22 @@ async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
             if key in seen:
                 continue
             seen.add(key)
-            topics.append(_lookup(context, request, requested, allow_creation, include_operations))
-    host, port = context.advertised_address
-    node_id = context.config.node_id
+            topics.append(
+                await _lookup(context, request, requested, allow_creation, include_operations)
+            )
+    controller_id = context.quorum.active_controller_id
     return {
-        "brokers": [{"node_id": node_id, "host": host, "port": port, "rack": None}],
+        "brokers": [
+            {
+                "node_id": broker.node_id,
+                "host": broker.host,
+                "port": broker.port,
+                "rack": broker.rack,
+            }
+            for broker in context.quorum.state.live_brokers()
+        ],
         "cluster_id": context.config.cluster_id,
-        "controller_id": node_id,
+        "controller_id": -1 if controller_id is None else controller_id,
         "topics": topics,
         "cluster_authorized_operations": (
             _CLUSTER_OPERATIONS
@@ -58,7 +73,7 @@ async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
     }
 
 
-def _lookup(
+async def _lookup(
     context: ApiContext,
     request: Request,
     requested: Any,
@@ -74,42 +89,57 @@ def _lookup(
                 ErrorCode.unknown_topic_id if topic_id != _ZERO_ID else ErrorCode.invalid_request
             )
             return _error(request, error, None, topic_id)
-        return _describe(context, topic, include_operations)
+        return _describe(context, request, topic, include_operations)
     topic = context.topics.get(name)
     if topic is not None:
-        return _describe(context, topic, include_operations)
+        return _describe(context, request, topic, include_operations)
     try:
         validate_topic_name(name)
         if not (allow_creation and context.config.auto_create_topics):
             return _error(request, ErrorCode.unknown_topic_or_partition, name, _ZERO_ID)
-        topic = context.create_topic(
+        topic = await context.create_topic(
             name, context.config.num_partitions, context.config.default_replication_factor
         )
     except ApiError as error:
-        return _error(request, error.code, name, _ZERO_ID)
-    return _describe(context, topic, include_operations)
+        topic = context.topics.get(name)
+        if error.code != ErrorCode.topic_already_exists or topic is None:
+            return _error(request, error.code, name, _ZERO_ID)
+        # Created meanwhile by another client or broker: describe it.
+    return _describe(context, request, topic, include_operations)
 
 
-def _describe(context: ApiContext, topic: Topic, include_operations: bool) -> dict[str, Any]:
-    node = [context.config.node_id]
+def _describe(
+    context: ApiContext, request: Request, topic: TopicState, include_operations: bool
+) -> dict[str, Any]:
+    state = context.quorum.state
     return {
         "error_code": ErrorCode.none,
         "name": topic.name,
         "topic_id": topic.topic_id,
         "is_internal": False,
         "partitions": [
-            {
-                "error_code": ErrorCode.none,
-                "partition_index": partition,
-                "leader_id": context.config.node_id,
-                "leader_epoch": LEADER_EPOCH,
-                "replica_nodes": node,
-                "isr_nodes": node,
-                "offline_replicas": [],
-            }
-            for partition in range(topic.partitions)
+            _partition(request, state, index, partition)
+            for index, partition in enumerate(topic.partitions)
         ],
         "topic_authorized_operations": _TOPIC_OPERATIONS if include_operations else _NOT_REQUESTED,
+    }
+
+
+def _partition(
+    request: Request, state: ClusterState, index: int, partition: PartitionState
+) -> dict[str, Any]:
+    error = ErrorCode.none
+    if partition.leader == NO_LEADER:
+        error = ErrorCode.leader_not_available
+        count_error(request, error)
+    return {
+        "error_code": error,
+        "partition_index": index,
+        "leader_id": partition.leader,
+        "leader_epoch": partition.leader_epoch,
+        "replica_nodes": partition.replicas,
+        "isr_nodes": partition.isr,
+        "offline_replicas": state.offline_replicas(partition),
     }
 
 

@@ -1,12 +1,19 @@
-"""Produce: validate each partition's record batches and append them as they came.
+"""Produce: validate each partition's record batches and append them on the leader.
 
 Only v2 batches with a valid CRC32C are stored; each batch must fit the topic's
-``max.message.bytes``. The broker never decompresses or rewrites records: the log
-assigns offsets by patching each batch's base offset.
+``max.message.bytes``. The broker never decompresses or rewrites records: the leader
+assigns offsets and stamps its leader epoch by patching each batch's header.
+
+With ``acks=all`` a partition is refused (NOT_ENOUGH_REPLICAS, nothing appended) when
+fewer than ``min.insync.replicas`` replicas are in sync as the leader sees them;
+otherwise the answer waits until the high watermark passes the appended batches, at
+most the request's timeout (REQUEST_TIMED_OUT), and fails if leadership moves first.
+All partitions of a request are appended before any wait, so they replicate together.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import time
@@ -20,44 +27,54 @@ from ..metadata.errors import ApiError
 from ..metadata.topic_config import TopicSettings
 from ..protocol.codec import Request
 from ..storage.batch import TRANSACTIONAL_FLAG, BatchHeader, InvalidBatch, validate_batches
-from .context import LIVE_BROKERS, ApiContext
-from .errors import count_error
+from .context import ApiContext
+from .errors import count_error, leader_replica
 
 log = logging.getLogger(__name__)
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _VALID_ACKS = (0, 1, -1)
 
+_Commit = tuple[dict[str, Any], "asyncio.Future[ErrorCode]"]
+"""An answer waiting for the high watermark, and the future that says how it ended."""
+
 
 async def handle(context: ApiContext, request: Request) -> Mapping[str, Any] | None:
     body = request.body
     now_ms = time.time_ns() // 1_000_000
     responses = []
+    commits: list[_Commit] = []
     for topic_data in body.topic_data:
         partitions = []
         for partition_data in topic_data.partition_data:
             try:
-                partitions.append(_append(context, body, topic_data.name, partition_data, now_ms))
+                answer = _append(context, body, topic_data.name, partition_data, now_ms, commits)
             except ApiError as error:
                 count_error(request, error.code)
-                partitions.append(
-                    {
-                        "index": partition_data.index,
-                        "error_code": error.code,
-                        "error_message": error.message,
-                        "base_offset": -1,
-                        "log_append_time": None,
-                        "log_start_offset": -1,
-                    }
-                )
+                answer = {
+                    "index": partition_data.index,
+                    "error_code": error.code,
+                    "error_message": error.message,
+                    "base_offset": -1,
+                    "log_append_time": None,
+                    "log_start_offset": -1,
+                }
+            partitions.append(answer)
         responses.append({"name": topic_data.name, "partition_responses": partitions})
+    if commits:
+        await _wait_for_commits(request, commits, body.timeout.total_seconds())
     if body.acks == 0:
         return None  # the producer reads no response at all
     return {"responses": responses}
 
 
 def _append(
-    context: ApiContext, body: Any, topic_name: str, partition_data: Any, now_ms: int
+    context: ApiContext,
+    body: Any,
+    topic_name: str,
+    partition_data: Any,
+    now_ms: int,
+    commits: list[_Commit],
 ) -> dict[str, Any]:
     index = partition_data.index
     if body.acks not in _VALID_ACKS:
@@ -68,31 +85,18 @@ def _append(
         raise ApiError(
             ErrorCode.transactional_id_authorization_failed, "transactions are not supported"
         )
-    topic = context.topics.get(topic_name)
-    partition_log = None
-    if topic is not None and 0 <= index < topic.partitions:
-        partition_log = context.logs.get(topic_name, index)
-    if topic is None or partition_log is None:
-        raise ApiError(
-            ErrorCode.unknown_topic_or_partition,
-            f"This server does not host this topic-partition: {topic_name}-{index}",
-        )
-    settings = context.settings(topic)
+    partition = leader_replica(context, topic_name, index)
+    settings = partition.settings
     records = partition_data.records
     try:
         headers = validate_batches(records if records is not None else b"")
     except InvalidBatch as invalid:
         raise ApiError(ErrorCode[invalid.error], str(invalid)) from None
     _check_batches(headers, settings, f"{topic_name}-{index}")
-    if body.acks == -1 and settings.min_insync_replicas > LIVE_BROKERS:
-        raise ApiError(
-            ErrorCode.not_enough_replicas,
-            f"The size of the current ISR {LIVE_BROKERS} is insufficient to satisfy the "
-            f"min.isr requirement of {settings.min_insync_replicas} for partition "
-            f"{topic_name}-{index}",
-        )
+    if body.acks == -1:
+        partition.check_enough_replicas()
     try:
-        appended = partition_log.append(
+        appended = partition.append(
             records, headers, now_ms=now_ms, log_append_time=settings.log_append_time
         )
     except OSError as error:
@@ -100,19 +104,49 @@ def _append(
             "append failed", extra={"partition": f"{topic_name}-{index}", "error": str(error)}
         )
         raise ApiError(ErrorCode.kafka_storage_error, f"append failed: {error}") from None
-    context.appends.notify(topic_name, index)
     metrics.BYTES_IN.labels(topic=topic_name).inc(len(records))
     metrics.RECORDS_IN.labels(topic=topic_name).inc(appended.record_count)
     append_time = appended.log_append_time_ms
-    return {
+    answer = {
         "index": index,
         "error_code": ErrorCode.none,
         "base_offset": appended.base_offset,
         "log_append_time": (
             _EPOCH + datetime.timedelta(milliseconds=append_time) if append_time >= 0 else None
         ),
-        "log_start_offset": partition_log.log_start_offset,
+        "log_start_offset": partition.log.log_start_offset,
     }
+    if body.acks == -1:
+        commits.append((answer, partition.wait_for_commit(appended.last_offset + 1)))
+    return answer
+
+
+async def _wait_for_commits(request: Request, commits: list[_Commit], timeout: float) -> None:
+    """Wait (at most ``timeout`` seconds) until every appended batch is committed, then
+    put each partition's outcome into its answer."""
+    futures = [future for _, future in commits]
+    if not all(future.done() for future in futures):
+        await asyncio.wait(futures, timeout=max(timeout, 0))
+    for answer, future in commits:
+        if future.done():
+            code = future.result()
+        else:
+            future.cancel()
+            code = ErrorCode.request_timed_out
+        if code == ErrorCode.none:
+            continue
+        count_error(request, code)
+        answer["error_code"] = code
+        answer["error_message"] = _COMMIT_ERRORS[code]
+
+
+_COMMIT_ERRORS = {
+    ErrorCode.request_timed_out: "The in-sync replicas did not all have the records in time",
+    ErrorCode.not_leader_or_follower: "Leadership moved before the records were committed",
+    ErrorCode.not_enough_replicas_after_append: (
+        "The records were written, but the ISR shrank below min.insync.replicas meanwhile"
+    ),
+}
 
 
 def _check_batches(headers: list[BatchHeader], settings: TopicSettings, partition: str) -> None:

@@ -1,6 +1,7 @@
 """InitProducerId: producer ids for idempotent producers.
 
-Every request gets a new producer id in epoch 0, as Kafka does for producers without a
+Producer ids are unique in the cluster: each broker takes blocks of them from the metadata
+quorum. Every request gets a new producer id in epoch 0, as Kafka does for producers without a
 transactional id (a producer that bumps its epoch after an error is served the same
 way). Transactions are not supported: a transactional id is refused with
 TRANSACTIONAL_ID_AUTHORIZATION_FAILED, which every client treats as fatal at once and
@@ -16,6 +17,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from ..metadata.errors import ApiError
 from ..protocol.codec import Request
 from .context import ApiContext
 from .errors import count_error
@@ -35,8 +37,9 @@ async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
             "producer_id": -1,
             "producer_epoch": -1,
         }
-    return {
-        "error_code": ErrorCode.none,
-        "producer_id": context.topics.allocate_producer_id(),
-        "producer_epoch": 0,
-    }
+    try:
+        producer_id = await context.allocate_producer_id()
+    except ApiError as error:
+        count_error(request, error.code)
+        return {"error_code": error.code, "producer_id": -1, "producer_epoch": -1}
+    return {"error_code": ErrorCode.none, "producer_id": producer_id, "producer_epoch": 0}

@@ -1,8 +1,9 @@
 """CreateTopics, DeleteTopics and CreatePartitions.
 
 Each topic in a request succeeds or fails on its own, with Kafka's error code and a
-message saying why. ``validate_only`` runs every check and changes nothing. Replica
-assignments are accepted when they place every replica on this broker, the only one.
+message saying why. ``validate_only`` runs every check and changes nothing. Without
+replica assignments, replicas are placed over the live brokers; given assignments must
+name registered brokers, each once per partition, with one replication factor.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from ..metadata.errors import ApiError
+from ..metadata.model import TopicState
 from ..metadata.topic_config import describe_topic
-from ..metadata.topics import Topic
 from ..protocol.codec import Request
 from .context import ApiContext
 from .errors import count_error
@@ -37,12 +38,13 @@ async def create_topics(context: ApiContext, request: Request) -> Mapping[str, A
                     f"Create topics request from client contains multiple entries for the "
                     f"same topic: {creatable.name}",
                 )
-            partitions, replication_factor = _layout(context, creatable)
-            topic = context.create_topic(
+            partitions, replication_factor, assignments = _layout(context, creatable)
+            topic = await context.create_topic(
                 creatable.name,
                 partitions,
                 replication_factor,
                 [(config.name, config.value) for config in creatable.configs],
+                assignments=assignments,
                 validate_only=body.validate_only,
             )
         except ApiError as error:
@@ -53,7 +55,7 @@ async def create_topics(context: ApiContext, request: Request) -> Mapping[str, A
                 error_code=ErrorCode.none,
                 error_message=None,
                 topic_id=topic.topic_id if not body.validate_only else _ZERO_ID,
-                num_partitions=topic.partitions,
+                num_partitions=len(topic.partitions),
                 replication_factor=topic.replication_factor,
                 configs=_configs(context, topic),
             )
@@ -71,7 +73,7 @@ async def delete_topics(context: ApiContext, request: Request) -> Mapping[str, A
     for name, topic_id in requested:
         response: dict[str, Any] = {"name": name, "topic_id": topic_id or _ZERO_ID}
         try:
-            topic = context.delete_topic(_topic_name(context, name, topic_id))
+            topic = await context.delete_topic(_topic_name(context, name, topic_id))
         except ApiError as error:
             count_error(request, error.code)
             response.update(error_code=error.code, error_message=error.message)
@@ -94,18 +96,13 @@ async def create_partitions(context: ApiContext, request: Request) -> Mapping[st
                     f"Create partitions request from client contains multiple entries for "
                     f"the same topic: {requested.name}",
                 )
-            if requested.assignments is not None:
-                current = context.topics.get(requested.name)
-                grown = context.add_partitions(requested.name, requested.count, validate_only=True)
-                assert current is not None  # add_partitions refuses unknown topics
-                _check_assignments(
-                    context,
-                    [assignment.broker_ids for assignment in requested.assignments],
-                    grown.partitions - current.partitions,
-                    current.replication_factor,
-                )
-            context.add_partitions(
-                requested.name, requested.count, validate_only=body.validate_only
+            assignments = (
+                None
+                if requested.assignments is None
+                else [assignment.broker_ids for assignment in requested.assignments]
+            )
+            await context.add_partitions(
+                requested.name, requested.count, assignments, validate_only=body.validate_only
             )
         except ApiError as error:
             count_error(request, error.code)
@@ -114,8 +111,11 @@ async def create_partitions(context: ApiContext, request: Request) -> Mapping[st
     return {"results": results}
 
 
-def _layout(context: ApiContext, creatable: Any) -> tuple[int, int]:
-    """Partition count and replication factor, from the request, its assignments or defaults."""
+def _layout(
+    context: ApiContext, creatable: Any
+) -> tuple[int, int, list[tuple[int, ...]] | None]:
+    """Partition count, replication factor and replica assignments (or None: placed by
+    the controller), from the request or the broker's defaults."""
     partitions, replication_factor = creatable.num_partitions, creatable.replication_factor
     if creatable.assignments:
         if partitions != -1 or replication_factor != -1:
@@ -124,57 +124,22 @@ def _layout(context: ApiContext, creatable: Any) -> tuple[int, int]:
                 "Both numPartitions or replicationFactor and replicasAssignments were set. "
                 "Both cannot be used at the same time.",
             )
-        indexes = sorted(assignment.partition_index for assignment in creatable.assignments)
-        if indexes != list(range(len(indexes))):
+        by_index = {
+            assignment.partition_index: tuple(assignment.broker_ids)
+            for assignment in creatable.assignments
+        }
+        if sorted(by_index) != list(range(len(creatable.assignments))):
             raise ApiError(
                 ErrorCode.invalid_replica_assignment,
                 "Partitions should be a consecutive 0-based integer sequence",
             )
-        replica_lists = [assignment.broker_ids for assignment in creatable.assignments]
-        _check_assignments(context, replica_lists, len(indexes), len(replica_lists[0]))
-        return len(indexes), len(replica_lists[0])
+        assignments = [by_index[index] for index in range(len(by_index))]
+        return len(assignments), len(assignments[0]), assignments
     if partitions == -1:
         partitions = context.config.num_partitions
     if replication_factor == -1:
         replication_factor = context.config.default_replication_factor
-    if replication_factor < 1:
-        raise ApiError(
-            ErrorCode.invalid_replication_factor, "Replication factor must be larger than 0."
-        )
-    return partitions, replication_factor
-
-
-def _check_assignments(
-    context: ApiContext,
-    replica_lists: list[tuple[int, ...]],
-    expected_partitions: int,
-    replication_factor: int,
-) -> None:
-    if len(replica_lists) != expected_partitions:
-        raise ApiError(
-            ErrorCode.invalid_replica_assignment,
-            f"Increasing the number of partitions by {expected_partitions} but "
-            f"{len(replica_lists)} assignments provided.",
-        )
-    node_id = context.config.node_id
-    for replicas in replica_lists:
-        if len(set(replicas)) != len(replicas):
-            raise ApiError(
-                ErrorCode.invalid_replica_assignment,
-                f"Duplicate brokers not allowed in replica assignment: {list(replicas)}",
-            )
-        if len(replicas) != replication_factor:
-            raise ApiError(
-                ErrorCode.invalid_replica_assignment,
-                f"Inconsistent replication factor between partitions: expected "
-                f"{replication_factor}, got {len(replicas)}",
-            )
-        unknown = sorted(set(replicas) - {node_id})
-        if unknown:
-            raise ApiError(
-                ErrorCode.invalid_replica_assignment,
-                f"Unknown broker(s) in replica assignment: {unknown}; the only broker is {node_id}",
-            )
+    return partitions, replication_factor, None
 
 
 def _topic_name(context: ApiContext, name: str | None, topic_id: uuid.UUID | None) -> str:
@@ -188,7 +153,7 @@ def _topic_name(context: ApiContext, name: str | None, topic_id: uuid.UUID | Non
     return topic.name
 
 
-def _configs(context: ApiContext, topic: Topic) -> list[dict[str, Any]]:
+def _configs(context: ApiContext, topic: TopicState) -> list[dict[str, Any]]:
     return [
         {
             "name": entry.name,

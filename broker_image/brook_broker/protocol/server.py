@@ -4,7 +4,10 @@ Frames are read straight into buffers with :class:`asyncio.BufferedProtocol`: a 
 frame is copied once out of a shared receive buffer, a large one (a produce request
 with big batches) is received into a buffer of its own and never copied again.
 Requests on one connection are handled one after the other, so responses go out in the
-order their requests came in, as Kafka clients require.
+order their requests came in, as Kafka clients require. A handler can ask to be told when
+the connection that carried its request closes (:func:`when_connection_closes`): the
+controller fences a broker whose heartbeat connection dropped without waiting for its
+session to time out.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import asyncio
 import logging
 import struct
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 from .codec import (
@@ -32,6 +36,19 @@ _RECEIVE_BUFFER = 256 * 1024
 _LARGE_FRAME = 64 * 1024
 _MAX_QUEUED_FRAMES = 64
 _UNSUPPORTED_VERSION = 35
+_CURRENT: ContextVar[_Connection] = ContextVar("kafka_connection")
+
+
+def when_connection_closes(key: Hashable, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once the connection of the request being handled closes.
+
+    Registering again under the same ``key`` on the same connection replaces the earlier
+    callback, so a handler can register on every request of a long-lived connection.
+    Outside a request handler this does nothing.
+    """
+    connection = _CURRENT.get(None)
+    if connection is not None:
+        connection.on_close[key] = callback
 
 
 class Dispatcher(Protocol):
@@ -96,6 +113,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._worker: asyncio.Task[None] | None = None
         self._peer = "?"
+        self.on_close: dict[Hashable, Callable[[], None]] = {}
 
     # --- asyncio callbacks -------------------------------------------------------------
 
@@ -111,6 +129,12 @@ class _Connection(asyncio.BufferedProtocol):
         if self._worker is not None:
             self._worker.cancel()
         self._can_write.set()
+        callbacks, self.on_close = list(self.on_close.values()), {}
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("connection-closed callback failed for %s", self._peer)
 
     def pause_writing(self) -> None:
         self._can_write.clear()
@@ -185,6 +209,7 @@ class _Connection(asyncio.BufferedProtocol):
     # --- request handling --------------------------------------------------------------
 
     async def _serve(self) -> None:
+        _CURRENT.set(self)  # this task's own context: seen by the handlers it awaits
         try:
             while True:
                 if not self._frames:

@@ -22,6 +22,7 @@ from crc32c import crc32c
 HEADER_SIZE = 61
 LOG_OVERHEAD = 12
 """Bytes before ``batch_length`` counts from: base offset (8) and the length itself (4)."""
+PARTITION_LEADER_EPOCH_OFFSET = 12
 MAGIC_OFFSET = 16
 CRC_OFFSET = 17
 ATTRIBUTES_OFFSET = 21
@@ -162,6 +163,11 @@ def iter_headers(
 def set_base_offset(batch: bytearray | memoryview, position: int, base_offset: int) -> None:
     """Assign offsets to a batch in place; the CRC does not cover the base offset."""
     _I64.pack_into(batch, position, base_offset)
+
+
+def set_leader_epoch(batch: bytearray | memoryview, position: int, leader_epoch: int) -> None:
+    """Stamp the epoch of the leader that appends the batch; the CRC does not cover it."""
+    _I32.pack_into(batch, position + PARTITION_LEADER_EPOCH_OFFSET, leader_epoch)
 
 
 def set_log_append_time(

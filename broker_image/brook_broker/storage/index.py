@@ -70,6 +70,16 @@ class _IndexFile:
             self._pending.clear()
             self._unsynced = True
 
+    def truncate(self, count: int) -> None:
+        """Keep only the first ``count`` entries, in memory and in the file."""
+        if count >= len(self.keys):
+            return
+        self.persist()
+        del self.keys[count:]
+        del self.values[count:]
+        os.ftruncate(self._writer(), count * self._entry.size)
+        self._unsynced = True
+
     def reset(self) -> None:
         """Forget every entry, in memory and in the file (before a rebuild)."""
         self.keys = array(self.keys.typecode)

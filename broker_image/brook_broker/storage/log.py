@@ -23,12 +23,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .batch import BatchHeader, set_base_offset, set_log_append_time
+from .batch import (
+    BatchHeader,
+    InvalidBatch,
+    crc_matches,
+    iter_headers,
+    set_base_offset,
+    set_leader_epoch,
+    set_log_append_time,
+)
+from .leader_epochs import LeaderEpochCache
 from .segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, AppendedBatch, Buffer, Segment
 
 logger = logging.getLogger(__name__)
 
 DAY_MS = 24 * 60 * 60 * 1000
+_STAMPED = 16
+"""Bytes of a batch the leader rewrites: base offset, batch length, partition leader epoch."""
 _MAX_RELATIVE = 2**31 - 1
 """Relative offsets and positions in a segment stay within a signed 32-bit int, as in Kafka."""
 _SEGMENT_NAME = re.compile(r"^(\d{20})(\.log|\.index|\.timeindex)$")
@@ -74,8 +85,11 @@ class AppendInfo:
 class PartitionLog:
     """The segments of one partition, from ``log_start_offset`` to ``log_end_offset``.
 
-    ``high_watermark`` is a plain attribute: on a single broker appends move it to the log
-    end offset; a replication layer may manage it instead.
+    ``high_watermark`` is a plain attribute that the replication layer moves: appends
+    never do, because what is committed depends on the other replicas. It starts at the
+    log end offset on open and follows the log down when it is cut.
+    ``leader_epochs`` is the partition's leader-epoch checkpoint, kept in step with
+    appends, truncation and retention.
     """
 
     def __init__(
@@ -93,6 +107,9 @@ class PartitionLog:
         self._segments = segments
         self._bases = [segment.base_offset for segment in segments]
         self.high_watermark = self.log_end_offset
+        self.leader_epochs = LeaderEpochCache(directory)
+        self.leader_epochs.truncate_from_end(self.log_end_offset)
+        self.leader_epochs.truncate_from_start(self.log_start_offset)
         self.last_flush_ms = wall_clock_ms()
         self._unflushed_records = 0
         self._directory_dirty = True  # new segment files may not be durable in it yet
@@ -162,12 +179,15 @@ class PartitionLog:
         batches: Sequence[BatchHeader],
         *,
         now_ms: int,
+        leader_epoch: int,
         log_append_time: bool = False,
     ) -> AppendInfo:
-        """Append validated batches (``batches`` are their headers, in order) at the log end.
+        """Append validated batches (``batches`` are their headers, in order) at the log end,
+        as the leader in ``leader_epoch``.
 
-        Offsets are assigned from the log end offset by writing each batch's base offset;
-        the rest of each batch is written from ``records`` itself, without a copy, except
+        Offsets are assigned from the log end offset by writing each batch's base offset,
+        and the leader epoch is stamped next to it (neither is covered by the CRC); the
+        rest of each batch is written from ``records`` itself, without a copy, except
         under LogAppendTime, where a copy of each batch is stamped with ``now_ms``.
         """
         if not batches:
@@ -184,13 +204,15 @@ class PartitionLog:
                 batch = bytearray(view[position : position + size])
                 set_log_append_time(batch, 0, header, now_ms)
                 set_base_offset(batch, 0, next_offset)
+                set_leader_epoch(batch, 0, leader_epoch)
                 buffers.append(batch)
                 max_timestamp = now_ms
             else:
-                prefix = bytearray(8)
+                prefix = bytearray(view[position : position + _STAMPED])
                 set_base_offset(prefix, 0, next_offset)
+                set_leader_epoch(prefix, 0, leader_epoch)
                 buffers.append(prefix)
-                buffers.append(view[position + 8 : position + size])
+                buffers.append(view[position + _STAMPED : position + size])
                 max_timestamp = header.max_timestamp
             appended.append(AppendedBatch(next_offset, max_timestamp, size))
             next_offset += header.last_offset_delta + 1
@@ -198,15 +220,68 @@ class PartitionLog:
             position += size
         if position != len(view):
             raise ValueError(f"batch headers cover {position} bytes of {len(view)}")
-        segment = self._segment_for(position, next_offset - 1, now_ms)
-        segment.append(buffers, appended, next_offset)
-        self.high_watermark = next_offset
-        self._unflushed_records += record_count
-        if 0 < self.config.flush_messages <= self._unflushed_records:
-            self.flush()
+        self._write(buffers, appended, next_offset, record_count, now_ms)
+        if leader_epoch > self.leader_epochs.latest_epoch:
+            self.leader_epochs.assign(leader_epoch, base_offset)
         return AppendInfo(
             base_offset, next_offset - 1, record_count, now_ms if log_append_time else -1
         )
+
+    def append_as_follower(self, records: bytes | memoryview, *, now_ms: int) -> AppendInfo:
+        """Append batches fetched from the leader exactly as they are, offsets included.
+
+        Every whole batch is checked (header and CRC); a cut batch at the end, as a fetch
+        may return, is left out. The first batch must start at the log end offset. Leader
+        epochs met for the first time are recorded in the checkpoint.
+        """
+        view = memoryview(records)
+        appended: list[AppendedBatch] = []
+        new_epochs: list[tuple[int, int]] = []
+        latest_epoch = self.leader_epochs.latest_epoch
+        next_offset = self.log_end_offset
+        record_count = 0
+        end = 0
+        for position, header in iter_headers(view):
+            if header.base_offset < next_offset or (
+                not appended and header.base_offset != next_offset
+            ):
+                raise InvalidBatch(
+                    f"{self.topic}-{self.partition}: fetched batch at offset "
+                    f"{header.base_offset} does not follow offset {next_offset}"
+                )
+            if not crc_matches(view, header, position):
+                raise InvalidBatch(
+                    f"{self.topic}-{self.partition}: fetched batch at offset "
+                    f"{header.base_offset} fails its CRC check"
+                )
+            if header.partition_leader_epoch > latest_epoch:
+                latest_epoch = header.partition_leader_epoch
+                new_epochs.append((latest_epoch, header.base_offset))
+            appended.append(AppendedBatch(header.base_offset, header.max_timestamp, header.size))
+            next_offset = header.next_offset
+            record_count += header.records_count
+            end = position + header.size
+        if not appended:
+            return AppendInfo(next_offset, next_offset - 1, 0, -1)
+        self._write([view[:end]], appended, next_offset, record_count, now_ms)
+        for epoch, start_offset in new_epochs:
+            self.leader_epochs.assign(epoch, start_offset)
+        return AppendInfo(appended[0].base_offset, next_offset - 1, record_count, -1)
+
+    def _write(
+        self,
+        buffers: list[Buffer],
+        batches: list[AppendedBatch],
+        next_offset: int,
+        record_count: int,
+        now_ms: int,
+    ) -> None:
+        size = sum(batch.size for batch in batches)
+        segment = self._segment_for(size, next_offset - 1, now_ms)
+        segment.append(buffers, batches, next_offset)
+        self._unflushed_records += record_count
+        if 0 < self.config.flush_messages <= self._unflushed_records:
+            self.flush()
 
     def _segment_for(self, size: int, last_offset: int, now_ms: int) -> Segment:
         """The active segment, rolled first if ``size`` more bytes up to ``last_offset``
@@ -238,6 +313,62 @@ class PartitionLog:
             segment.base_offset,
         )
         return segment
+
+    def truncate_to(self, offset: int) -> None:
+        """Drop every batch at and above ``offset`` (a follower cutting a divergent tail).
+
+        A batch holding ``offset`` goes whole, so the log end offset may end up below
+        ``offset``. The leader epochs and the high watermark follow the log down.
+        """
+        if offset >= self.log_end_offset:
+            return
+        if offset <= self.log_start_offset:
+            self.restart_at(offset)
+            return
+        keep = bisect_right(self._bases, offset - 1)
+        doomed = self._segments[keep:]
+        del self._segments[keep:]
+        del self._bases[keep:]
+        for segment in doomed:
+            segment.delete()
+        self._segments[-1].truncate_to(offset)
+        self._directory_dirty = True
+        self._after_truncation()
+        logger.info(
+            "%s-%d: truncated to offset %d", self.topic, self.partition, self.log_end_offset
+        )
+
+    def restart_at(self, offset: int) -> None:
+        """Drop everything and continue at ``offset``: for a follower whose log is wholly
+        behind the leader's log start offset."""
+        for segment in self._segments:
+            segment.delete()
+        self._segments = [
+            Segment.create(
+                self.directory,
+                offset,
+                index_interval_bytes=self.config.index_interval_bytes,
+                now_ms=wall_clock_ms(),
+            )
+        ]
+        self._bases = [offset]
+        self._directory_dirty = True
+        self.leader_epochs.clear()
+        self.high_watermark = offset
+        logger.info("%s-%d: restarted the log at offset %d", self.topic, self.partition, offset)
+
+    def delete_segments_before(self, offset: int) -> int:
+        """Delete the oldest segments that end at or before ``offset`` (on a follower: the
+        leader's log start offset), never past the high watermark; returns how many."""
+        return self._delete_oldest(
+            lambda segment, end_offset: end_offset <= offset,
+            wall_clock_ms(),
+            "the leader's log start offset",
+        )
+
+    def _after_truncation(self) -> None:
+        self.leader_epochs.truncate_from_end(self.log_end_offset)
+        self.high_watermark = min(self.high_watermark, self.log_end_offset)
 
     def roll_if_due(self, now_ms: int) -> None:
         """Roll a non-empty active segment older than segment.ms, though nothing is appended."""
@@ -278,14 +409,14 @@ class PartitionLog:
         retention_ms = self.config.retention_ms
         if retention_ms >= 0:
             deleted += self._delete_oldest(
-                lambda segment: now_ms - segment.largest_timestamp > retention_ms,
+                lambda segment, _: now_ms - segment.largest_timestamp > retention_ms,
                 now_ms,
                 "retention.ms",
             )
         if self.config.retention_bytes >= 0:
             excess = self.size_bytes - self.config.retention_bytes
 
-            def beyond_size(segment: Segment) -> bool:
+            def beyond_size(segment: Segment, _: int) -> bool:
                 nonlocal excess
                 if excess - segment.size < 0:
                     return False
@@ -295,10 +426,13 @@ class PartitionLog:
             deleted += self._delete_oldest(beyond_size, now_ms, "retention.bytes")
         return deleted
 
-    def _delete_oldest(self, expired: Callable[[Segment], bool], now_ms: int, reason: str) -> int:
-        """Delete the longest run of oldest segments that are ``expired`` and wholly below the
-        high watermark. An expired, non-empty active segment is rolled first so that it can
-        go too (as in Kafka); the empty active segment always stays."""
+    def _delete_oldest(
+        self, expired: Callable[[Segment, int], bool], now_ms: int, reason: str
+    ) -> int:
+        """Delete the longest run of oldest segments that are ``expired`` (given each one and
+        its end offset) and wholly below the high watermark. An expired, non-empty active
+        segment is rolled first so that it can go too (as in Kafka); the empty active segment
+        always stays."""
         count = 0
         for index, segment in enumerate(self._segments):
             is_last = index == len(self._segments) - 1
@@ -306,7 +440,7 @@ class PartitionLog:
             if (
                 self.high_watermark < end_offset
                 or (is_last and not segment.size)
-                or not expired(segment)
+                or not expired(segment, end_offset)
             ):
                 break
             count += 1
@@ -320,6 +454,7 @@ class PartitionLog:
         self._directory_dirty = True
         for segment in doomed:
             segment.delete()
+        self.leader_epochs.truncate_from_start(self.log_start_offset)
         logger.info(
             "%s-%d: deleted %d segments beyond %s; log start offset is now %d",
             self.topic,

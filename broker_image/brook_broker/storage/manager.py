@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,8 +20,32 @@ from .log import LogConfig, PartitionLog, wall_clock_ms
 
 logger = logging.getLogger(__name__)
 
+PARTITION_METADATA_FILE = "partition.metadata"
+"""Names the topic id a partition directory belongs to, since names can be reused."""
 _MIN_SLEEP_MS = 10
 """Floor of the maintenance loop's sleep, so a tiny flush.ms cannot make it spin."""
+
+
+def _read_topic_id(directory: Path) -> uuid.UUID | None:
+    """The topic id recorded in a partition directory, if any (Kafka's partition.metadata)."""
+    try:
+        lines = (directory / PARTITION_METADATA_FILE).read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name.strip() == "topic_id":
+            try:
+                return uuid.UUID(value.strip())
+            except ValueError:
+                return None
+    return None
+
+
+def _write_topic_id(directory: Path, topic_id: uuid.UUID) -> None:
+    temporary = directory / (PARTITION_METADATA_FILE + ".tmp")
+    temporary.write_text(f"version: 0\ntopic_id: {topic_id}\n")
+    os.replace(temporary, directory / PARTITION_METADATA_FILE)
 
 
 def partition_directory_name(topic: str, partition: int) -> str:
@@ -64,14 +90,41 @@ class LogManager:
     def get(self, topic: str, partition: int) -> PartitionLog | None:
         return self._logs.get((topic, partition))
 
-    def create(self, topic: str, partition: int, config: LogConfig) -> PartitionLog:
-        """The partition's log, created if missing; an existing log is returned as it is."""
-        log = self._logs.get((topic, partition))
+    def create(
+        self, topic: str, partition: int, config: LogConfig, topic_id: uuid.UUID | None = None
+    ) -> PartitionLog:
+        """The partition's log, created if missing; an existing log is returned as it is.
+
+        With ``topic_id``, the log must belong to that topic: a log left by an earlier
+        topic of the same name (deleted while this broker was away) is removed first,
+        and the id is recorded in the partition directory.
+        """
+        key = (topic, partition)
+        directory = self.data_dir / partition_directory_name(topic, partition)
+        recorded = None if topic_id is None else _read_topic_id(directory)
+        if recorded is not None and recorded != topic_id:
+            logger.warning(
+                "removing %s: it belongs to topic id %s, not %s", directory.name, recorded, topic_id
+            )
+            stale = self._logs.pop(key, None)
+            if stale is not None:
+                stale.delete()
+            else:
+                shutil.rmtree(directory, ignore_errors=True)
+            recorded = None
+        log = self._logs.get(key)
         if log is None:
-            directory = self.data_dir / partition_directory_name(topic, partition)
             log = PartitionLog.open(directory, topic, partition, config)
-            self._logs[(topic, partition)] = log
+            self._logs[key] = log
+        if topic_id is not None and recorded is None:
+            _write_topic_id(directory, topic_id)
         return log
+
+    def delete(self, topic: str, partition: int) -> None:
+        """Close and remove one partition's log (a replica moved away), if it is here."""
+        log = self._logs.pop((topic, partition), None)
+        if log is not None:
+            log.delete()
 
     def delete_topic(self, topic: str) -> None:
         """Close and remove the logs of every partition of ``topic``."""

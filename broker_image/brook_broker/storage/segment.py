@@ -8,6 +8,7 @@ payload; reads are positional (``os.pread``) and walk batch headers, never recor
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -194,13 +195,16 @@ class Segment:
         return cut
 
     def _load(self) -> bool:
-        """Adopt the index files if they agree with the segment.
+        """Adopt the index files if they agree with the segment."""
+        return self.index.load() and self.time_index.load() and self._adopt_indexes()
+
+    def _adopt_indexes(self) -> bool:
+        """Take the in-memory indexes as right if they agree with the file, and derive
+        the next offset and largest timestamp from them.
 
         Checked cheaply: the batches after the last indexed one must follow it and end
         exactly at the end of the file.
         """
-        if not (self.index.load() and self.time_index.load()):
-            return False
         position = self.index.last_position
         expected = self.index.last_offset
         if (len(self.index) and position >= self.size) or self.time_index.last_offset > expected:
@@ -226,6 +230,25 @@ class Segment:
         self._max_timestamp_offset = max_timestamp_offset
         self._bytes_since_index = self.size - self.index.last_position
         return True
+
+    def truncate_to(self, offset: int) -> None:
+        """Cut the batch holding ``offset`` and every batch after it; the indexes follow.
+
+        The segment may be sealed: it becomes the active one again.
+        """
+        found = self._find(offset)
+        if found is None:
+            return
+        position, header = found
+        os.ftruncate(self._fd, position)
+        self.size = position
+        self.dirty = True
+        self.index.truncate(bisect.bisect_left(self.index.values, position))
+        self.time_index.truncate(
+            bisect.bisect_left(self.time_index.values, header.base_offset - self.base_offset)
+        )
+        if not self._adopt_indexes():
+            self.recover()
 
     def seal(self) -> None:
         """The segment takes no more appends: let go of its index file descriptors."""

@@ -1,0 +1,29 @@
+"""Replication: leaders, followers, the high watermark and the ISR of this broker's replicas.
+
+How the broker hooks it up (``broker.py``)::
+
+    quorum = MetadataQuorum(..., on_change=...)  # on_change calls on_metadata_change below
+    await quorum.start()                         # the metadata has caught up
+    logs = LogManager(config.data_dir)           # nothing opened yet: start() opens the logs
+    appends = AppendNotifier()                   # shared with ApiContext: fetch wake-ups
+    replicas = ReplicaManager(config.node_id, config, logs, quorum, appends)
+    await replicas.start()                       # opens the logs of replicas assigned here,
+                                                 # removes the others, takes up every role
+    context = ApiContext(config, quorum, logs, appends, replicas, controller)
+    ...
+    await replicas.stop()                        # after the listener stopped, before the
+    logs.close()                                 # logs are closed
+
+``on_metadata_change`` must be called (on the event loop) after every change the quorum
+applies; it never waits, and it is a no-op before ``start`` (which reconciles anyway).
+The ReplicaManager owns the partition logs' lifecycle: it creates and deletes them as
+the metadata assigns replicas, and applies topic config changes to them; nothing else
+should create or delete logs. The request handlers (produce, fetch, list offsets,
+offset for leader epoch, metadata) reach a hosted replica with
+``context.replicas.partition(topic, index)``.
+"""
+
+from .manager import ReplicaManager
+from .partition import Partition, Role
+
+__all__ = ["Partition", "ReplicaManager", "Role"]
