@@ -179,9 +179,13 @@ class Controller:
         now = self._clock()
         stalled = now - self._last_sweep > self._session / 2
         self._last_sweep = now
+        was_active = self._active
         if not self._track_activation():
             return
-        if stalled:
+        # A stall matters only to a controller that was already active: one that just took
+        # over has started every clock in _take_over (and must keep its short deadline for
+        # the voters it cannot reach).
+        if stalled and was_active:
             log.warning("the controller was stalled; restarting every broker's session clock")
             self._restart_clocks(now)
         for broker in list(self._quorum.state.brokers.values()):
