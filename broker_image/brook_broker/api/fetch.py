@@ -55,10 +55,14 @@ async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
             "responses": [],
         }
     replica_id = getattr(body, "replica_id", -1)
+    max_wait = body.max_wait.total_seconds()
     if replica_id >= 0:
         _record_follower_positions(context, body, replica_id)
+        # A follower counts as caught up only while it keeps asking within
+        # replica.lag.time.max.ms: never hold its request for more than half of that.
+        max_wait = min(max_wait, context.config.replica_lag_time_max_ms / 2000)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + body.max_wait.total_seconds()
+    deadline = loop.time() + max_wait
     while True:
         results, total_bytes, failed = _read(context, body, replica_id)
         remaining = deadline - loop.time()
