@@ -1,4 +1,4 @@
-"""Small text files that must never be seen half-written: checkpoints.
+"""Small text files that must never be seen half-written: checkpoints; and fsync by path.
 
 A checkpoint is written to a temporary file, synced, renamed over the old one, and the
 directory is synced, so after a crash it is either the old or the new one, whole.
@@ -30,7 +30,13 @@ def write_atomically(path: Path, text: str) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
-    fd = os.open(path.parent, os.O_RDONLY)
+    fsync_path(path.parent)
+
+
+def fsync_path(path: Path) -> None:
+    """Sync a file or directory that is not open (a directory: its entries, after a
+    rename, creation or deletion in it)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

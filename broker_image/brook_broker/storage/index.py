@@ -22,6 +22,8 @@ import struct
 from array import array
 from pathlib import Path
 
+from .checkpoint import fsync_path
+
 _OFFSET_ENTRY = struct.Struct(">II")
 _TIME_ENTRY = struct.Struct(">qI")
 
@@ -101,11 +103,7 @@ class _IndexFile:
         if self._fd is not None:
             os.fsync(self._fd)
         else:
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(self.path)
         self._unsynced = False
 
     def _writer(self) -> int:

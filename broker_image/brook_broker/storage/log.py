@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import shutil
 import time
@@ -32,6 +31,7 @@ from .batch import (
     set_leader_epoch,
     set_log_append_time,
 )
+from .checkpoint import fsync_path
 from .leader_epochs import LeaderEpochCache
 from .segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, AppendedBatch, Buffer, Segment
 
@@ -472,11 +472,7 @@ class PartitionLog:
         for segment in self._segments:
             segment.flush()
         if self._directory_dirty:
-            fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(self.directory)
             self._directory_dirty = False
         self._unflushed_records = 0
         self.last_flush_ms = wall_clock_ms()

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .checkpoint import write_atomically
 from .log import LogConfig, PartitionLog, wall_clock_ms
 
 logger = logging.getLogger(__name__)
@@ -43,9 +43,7 @@ def _read_topic_id(directory: Path) -> uuid.UUID | None:
 
 
 def _write_topic_id(directory: Path, topic_id: uuid.UUID) -> None:
-    temporary = directory / (PARTITION_METADATA_FILE + ".tmp")
-    temporary.write_text(f"version: 0\ntopic_id: {topic_id}\n")
-    os.replace(temporary, directory / PARTITION_METADATA_FILE)
+    write_atomically(directory / PARTITION_METADATA_FILE, f"version: 0\ntopic_id: {topic_id}\n")
 
 
 def partition_directory_name(topic: str, partition: int) -> str:
