@@ -18,6 +18,7 @@ the client because it is written in C: a Python producer would be the bottleneck
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,15 +212,21 @@ def create_topics(bootstrap: str, names: Sequence[str]) -> None:
         future.result(timeout=30)
 
 
-def run(options: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def workspace(options: argparse.Namespace) -> Iterator[tuple[str, Path, Path]]:
+    """kcat's path, a scratch directory, and the file of records kcat produces from."""
     kcat = shutil.which("kcat")
     if kcat is None:
-        print("bench: kcat not found; run scripts/setup.sh", file=sys.stderr)
-        return 1
+        raise SystemExit("bench: kcat not found; run scripts/setup.sh")
     with tempfile.TemporaryDirectory(prefix="brook-bench-") as scratch:
         root = Path(scratch)
         records_path = root / "records.txt"
         write_records(records_path, options.records, options.record_bytes)
+        yield kcat, root, records_path
+
+
+def run(options: argparse.Namespace) -> int:
+    with workspace(options) as (kcat, root, records_path):
         spec = BrokerSpec(
             node_id=0,
             data_dir=root / "broker-0",

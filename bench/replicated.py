@@ -18,11 +18,9 @@ of the metadata quorum, default settings otherwise), then measures:
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -47,7 +45,7 @@ from produce_consume import (
     free_port,
     kcat_settings,
     process_cpu_seconds,
-    write_records,
+    workspace,
 )
 
 BROKERS = 3
@@ -283,14 +281,7 @@ def failovers(cluster: Cluster, topic: str, rounds: int) -> list[Failover]:
 
 
 def run(options: argparse.Namespace) -> int:
-    kcat = shutil.which("kcat")
-    if kcat is None:
-        print("bench: kcat not found; run scripts/setup.sh", file=sys.stderr)
-        return 1
-    with tempfile.TemporaryDirectory(prefix="brook-bench-") as scratch:
-        root = Path(scratch)
-        records_path = root / "records.txt"
-        write_records(records_path, options.records, options.record_bytes)
+    with workspace(options) as (kcat, root, records_path):
         log_path = root / "brokers.log"
         with log_path.open("wb") as logs:
             cluster = Cluster(root, logs)
