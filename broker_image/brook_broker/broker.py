@@ -22,6 +22,7 @@ from .api.dispatcher import Dispatcher
 from .config import BrokerConfig
 from .controller.controller import Controller
 from .controller.lifecycle import BrokerLifecycle
+from .groups.coordinator import GroupCoordinator
 from .http import HttpServer
 from .metadata.quorum import MetadataQuorum
 from .protocol.server import KafkaServer
@@ -46,6 +47,8 @@ class Broker:
         self._quorum: MetadataQuorum | None = None
         self._controller: Controller | None = None
         self._replicas: ReplicaManager | None = None
+        self._groups: GroupCoordinator | None = None
+        self._group_timers: asyncio.Task[None] | None = None
         self._lifecycle: BrokerLifecycle | None = None
         self._collectors: list[Collector] = []
         self._maintenance: asyncio.Task[None] | None = None
@@ -66,8 +69,14 @@ class Broker:
         self._replicas = replicas = ReplicaManager(config.node_id, config, logs, quorum, appends)
         # Opens (recovering) the logs of the replicas assigned here and removes the others.
         await replicas.start()
-        context = ApiContext(config, quorum, logs, appends, replicas, self._controller)
-        self._collectors = [metrics.PartitionCollector(logs.partitions)]
+        self._groups = groups = GroupCoordinator.for_broker(config, quorum, replicas)
+        groups.on_metadata_change()
+        self._group_timers = asyncio.create_task(groups.run(), name="group coordinator timers")
+        context = ApiContext(config, quorum, logs, appends, replicas, groups, self._controller)
+        self._collectors = [
+            metrics.PartitionCollector(logs.partitions),
+            metrics.GroupCollector(groups.lag_snapshot),
+        ]
         if self._controller is not None:
             controller = self._controller
             self._collectors.append(
@@ -103,6 +112,13 @@ class Broker:
         if self._kafka is not None:
             await self._kafka.stop()
             self._kafka = None
+        if self._group_timers is not None:
+            self._group_timers.cancel()
+            await asyncio.gather(self._group_timers, return_exceptions=True)
+            self._group_timers = None
+        if self._groups is not None:
+            await self._groups.stop()
+            self._groups = None
         if self._replicas is not None:
             await self._replicas.stop()
             self._replicas = None
@@ -129,6 +145,8 @@ class Broker:
             self._controller.on_metadata_change()
         if self._replicas is not None:
             self._replicas.on_metadata_change()
+        if self._groups is not None:
+            self._groups.on_metadata_change()
 
 
 def _quorum(config: BrokerConfig, on_change: Callable[[], None]) -> MetadataQuorum:

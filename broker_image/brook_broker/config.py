@@ -46,6 +46,16 @@ class BrokerConfig:
     replica_lag_time_max_ms: int = 10000
     replication_throttle_bytes: int = -1
     auto_leader_rebalance: bool = True
+    # Consumer groups and their committed offsets (in the internal __consumer_offsets topic).
+    offsets_topic_num_partitions: int = 50
+    offsets_topic_replication_factor: int = 3
+    offsets_retention_minutes: int = 7 * 24 * 60
+    offsets_retention_check_interval_ms: int = 10 * 60 * 1000
+    offsets_commit_timeout_ms: int = 5000
+    group_initial_rebalance_delay_ms: int = 3000
+    group_min_session_timeout_ms: int = 6000
+    group_max_session_timeout_ms: int = 30 * 60 * 1000
+    group_max_size: int = 2**31 - 1
     # Protocol limits.
     socket_request_max_bytes: int = 100 * 1024 * 1024
     log_level: str = "WARNING"
@@ -125,6 +135,20 @@ _HELP = {
     "replication_throttle_bytes": "bytes/s a leader sends to replicas being added by a "
     "reassignment (-1: no limit)",
     "auto_leader_rebalance": "move leadership back to preferred replicas once they are in sync",
+    "offsets_topic_num_partitions": "partitions of __consumer_offsets, made when a group "
+    "first asks for its coordinator; a group's coordinator leads the partition its id hashes to",
+    "offsets_topic_replication_factor": "replication factor of __consumer_offsets (capped at "
+    "the brokers registered when it is made)",
+    "offsets_retention_minutes": "committed offsets of a group that has been empty this long "
+    "are removed",
+    "offsets_retention_check_interval_ms": "how often expired committed offsets are removed",
+    "offsets_commit_timeout_ms": "an offset commit waits this long for the replicas of "
+    "__consumer_offsets",
+    "group_initial_rebalance_delay_ms": "the first rebalance of an empty group waits this long "
+    "for more members to join",
+    "group_min_session_timeout_ms": "smallest session.timeout.ms a consumer may ask for",
+    "group_max_session_timeout_ms": "largest session.timeout.ms a consumer may ask for",
+    "group_max_size": "most members one group may have",
     "socket_request_max_bytes": "largest request frame accepted; larger ones close the connection",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }

@@ -73,6 +73,16 @@ LEADER_ELECTIONS = Counter(
     "Partition leaders elected (new leader epochs) while this broker was the active controller",
     registry=REGISTRY,
 )
+GROUP_REBALANCES = Counter(
+    "brook_group_rebalances",
+    "Generations formed by consumer groups this broker coordinates",
+    registry=REGISTRY,
+)
+OFFSET_COMMITS = Counter(
+    "brook_offset_commits",
+    "Partition offsets committed to groups this broker coordinates",
+    registry=REGISTRY,
+)
 
 
 class PartitionOffsets(Protocol):
@@ -172,6 +182,53 @@ class ReplicationCollector(Collector):
             "Partitions led by this broker with fewer in-sync replicas than min.insync.replicas",
             value=under_min_isr,
         )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+GROUP_STATES = ("Empty", "PreparingRebalance", "CompletingRebalance", "Stable")
+
+
+class GroupLag(Protocol):
+    group_id: str
+    state: str
+    members: int
+    lag: Iterable[tuple[str, int, int]]
+    """(topic, partition, lag) of each committed partition whose log end is known here."""
+
+
+class GroupCollector(Collector):
+    """Consumer groups coordinated by this broker: how many in each state, their members,
+    and each committed partition's lag (high watermark minus committed offset), for the
+    partitions of which this broker holds a replica."""
+
+    def __init__(self, groups: Callable[[], Iterable[GroupLag]]) -> None:
+        self._groups = groups
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        by_state = GaugeMetricFamily(
+            "brook_groups", "Consumer groups coordinated by this broker, by state", labels=["state"]
+        )
+        members = GaugeMetricFamily(
+            "brook_group_members", "Members of each consumer group", labels=["group"]
+        )
+        lag = GaugeMetricFamily(
+            "brook_group_lag",
+            "Records between a group's committed offset and the partition's high watermark",
+            labels=["group", "topic", "partition"],
+        )
+        counts = dict.fromkeys(GROUP_STATES, 0)
+        for group in self._groups():
+            counts[group.state] = counts.get(group.state, 0) + 1
+            members.add_metric([group.group_id], group.members)
+            for topic, partition, records in group.lag:
+                lag.add_metric([group.group_id, topic, str(partition)], records)
+        for state, count in counts.items():
+            by_state.add_metric([state], count)
+        yield by_state
+        yield members
+        yield lag
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())

@@ -17,7 +17,15 @@ def test_the_advertised_versions() -> None:
         1: (4, 12),  # Fetch
         2: (1, 7),  # ListOffsets
         3: (1, 12),  # Metadata
+        8: (2, 8),  # OffsetCommit
+        9: (1, 8),  # OffsetFetch
         10: (0, 4),  # FindCoordinator
+        11: (0, 9),  # JoinGroup
+        12: (0, 4),  # Heartbeat
+        13: (0, 5),  # LeaveGroup
+        14: (0, 5),  # SyncGroup
+        15: (0, 5),  # DescribeGroups
+        16: (0, 4),  # ListGroups
         18: (0, 3),  # ApiVersions
         19: (2, 7),  # CreateTopics
         20: (1, 6),  # DeleteTopics
@@ -25,10 +33,12 @@ def test_the_advertised_versions() -> None:
         23: (2, 4),  # OffsetForLeaderEpoch
         32: (1, 4),  # DescribeConfigs
         37: (0, 3),  # CreatePartitions
+        42: (0, 2),  # DeleteGroups
         43: (0, 2),  # ElectLeaders
         44: (0, 1),  # IncrementalAlterConfigs
         45: (0, 0),  # AlterPartitionReassignments
         46: (0, 0),  # ListPartitionReassignments
+        47: (0, 0),  # OffsetDelete
         60: (0, 1),  # DescribeCluster
         63: (0, 1),  # BrokerHeartbeat
         80: (0, 0),  # AddRaftVoter

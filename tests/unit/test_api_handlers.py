@@ -21,6 +21,7 @@ from brook_broker.api.context import ApiContext, AppendNotifier
 from brook_broker.api.dispatcher import Dispatcher
 from brook_broker.config import BrokerConfig
 from brook_broker.controller.controller import Controller
+from brook_broker.groups.coordinator import GroupCoordinator
 from brook_broker.protocol import codec
 from brook_broker.replication import ReplicaManager
 from brook_broker.storage.batch import parse_header
@@ -172,7 +173,8 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
     quorum.on_change = replicas.on_metadata_change
     await replicas.start()
     controller = Controller(quorum, config)  # type: ignore[arg-type]
-    context = ApiContext(config, quorum, logs, appends, replicas, controller)  # type: ignore[arg-type]
+    groups = GroupCoordinator.for_broker(config, quorum, replicas)  # type: ignore[arg-type]
+    context = ApiContext(config, quorum, logs, appends, replicas, groups, controller)  # type: ignore[arg-type]
     yield Broker(context, Dispatcher(context), logs, quorum)
     await replicas.stop()
     logs.close()

@@ -22,6 +22,7 @@ from brook_broker.api.api_versions import SUPPORTED_VERSIONS
 from brook_broker.api.context import ApiContext, AppendNotifier
 from brook_broker.api.dispatcher import Dispatcher
 from brook_broker.config import BrokerConfig
+from brook_broker.groups.coordinator import GroupCoordinator
 from brook_broker.metadata.cluster_state import ClusterState
 from brook_broker.protocol import codec
 from brook_broker.protocol.client import KafkaConnectionError, decode_response, encode_request
@@ -153,7 +154,8 @@ class Cluster:
             )
             await replicas.start()
             self.metadata.listeners.append(replicas.on_metadata_change)
-            context = ApiContext(config, quorum, logs, appends, replicas)  # type: ignore[arg-type]
+            groups = GroupCoordinator.for_broker(config, quorum, replicas)  # type: ignore[arg-type]
+            context = ApiContext(config, quorum, logs, appends, replicas, groups)  # type: ignore[arg-type]
             self.replicas[node] = replicas
             self.dispatchers[node] = Dispatcher(context)
 

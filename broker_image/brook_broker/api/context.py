@@ -20,6 +20,7 @@ from kio.schema.errors import ErrorCode
 
 from ..config import BrokerConfig
 from ..controller.controller import Controller
+from ..groups.coordinator import GroupCoordinator
 from ..metadata.cluster_state import ClusterState
 from ..metadata.errors import ApiError
 from ..metadata.model import TopicState
@@ -95,6 +96,7 @@ class ApiContext:
         logs: LogManager,
         appends: AppendNotifier,
         replicas: ReplicaManager | None,
+        groups: GroupCoordinator,
         controller: Controller | None = None,
     ) -> None:
         self.config = config
@@ -104,6 +106,7 @@ class ApiContext:
         self.appends = appends
         self.replicas = replicas
         """This broker's replicas (leaders and followers); None before it has started."""
+        self.groups = groups
         self.controller = controller
         """The controller's duties, on voters; None on observers."""
         self.advertised_address: tuple[str, int] = config.advertised_address

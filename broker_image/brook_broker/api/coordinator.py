@@ -1,4 +1,5 @@
-"""FindCoordinator: on a single broker, this broker coordinates every consumer group.
+"""FindCoordinator: a group's coordinator is the leader of the ``__consumer_offsets``
+partition its id hashes to; the topic is made by the first such request.
 
 Transactions are not supported, so a transaction coordinator is refused with the same
 fatal error InitProducerId gives a transactional id: clients fail at once, not retry.
@@ -11,8 +12,13 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from ..groups.offsets_topic import OFFSETS_TOPIC, partition_for
+from ..groups.replicated_log import ensure_topic
+from ..metadata.errors import ApiError
+from ..metadata.model import NO_LEADER
 from ..protocol.codec import Request
 from .context import ApiContext
+from .errors import count_error
 
 _GROUP = 0
 
@@ -22,26 +28,56 @@ async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
     key_type = getattr(body, "key_type", _GROUP)
     keys = getattr(body, "coordinator_keys", None)
     if keys is None:  # v0-3 ask for one key and answer with one coordinator at the top level
-        return _coordinator(context, key_type, body.key)
-    return {"coordinators": [_coordinator(context, key_type, key) for key in keys]}
+        return await _coordinator(context, request, key_type, body.key)
+    return {"coordinators": [await _coordinator(context, request, key_type, key) for key in keys]}
 
 
-def _coordinator(context: ApiContext, key_type: int, key: str) -> dict[str, Any]:
-    if key_type != _GROUP:
+async def _coordinator(
+    context: ApiContext, request: Request, key_type: int, key: str
+) -> dict[str, Any]:
+    try:
+        node_id, host, port = await _locate(context, key_type, key)
+    except ApiError as error:
+        count_error(request, error.code)
         return {
             "key": key,
-            "error_code": ErrorCode.transactional_id_authorization_failed,
-            "error_message": "transactions are not supported",
+            "error_code": error.code,
+            "error_message": error.message,
             "node_id": -1,
             "host": "",
             "port": -1,
         }
-    host, port = context.advertised_address
     return {
         "key": key,
         "error_code": ErrorCode.none,
         "error_message": None,
-        "node_id": context.config.node_id,
+        "node_id": node_id,
         "host": host,
         "port": port,
     }
+
+
+async def _locate(context: ApiContext, key_type: int, key: str) -> tuple[int, str, int]:
+    if key_type != _GROUP:
+        raise ApiError(
+            ErrorCode.transactional_id_authorization_failed, "transactions are not supported"
+        )
+    if not key:
+        raise ApiError(ErrorCode.invalid_request, "The group id is empty")
+    try:
+        await ensure_topic(context)
+    except ApiError as error:
+        raise ApiError(
+            ErrorCode.coordinator_not_available, f"{OFFSETS_TOPIC} cannot be made yet: {error}"
+        ) from None
+    state = context.quorum.state
+    topic = state.topics[OFFSETS_TOPIC]
+    partition = partition_for(key, len(topic.partitions))
+    leader = topic.partitions[partition].leader
+    broker = state.brokers.get(leader)
+    if leader == NO_LEADER or broker is None or broker.fenced:
+        raise ApiError(
+            ErrorCode.coordinator_not_available,
+            f"{OFFSETS_TOPIC}-{partition}, which holds group {key}, has no leader",
+        )
+    return leader, broker.host, broker.port

@@ -16,6 +16,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from ..groups.offsets_topic import OFFSETS_TOPIC
 from ..metadata.cluster_state import ClusterState
 from ..metadata.errors import ApiError
 from ..metadata.model import NO_LEADER, PartitionState, TopicState
@@ -116,7 +117,7 @@ def _describe(
         "error_code": ErrorCode.none,
         "name": topic.name,
         "topic_id": topic.topic_id,
-        "is_internal": False,
+        "is_internal": topic.name == OFFSETS_TOPIC,
         "partitions": [
             _partition(request, state, index, partition)
             for index, partition in enumerate(topic.partitions)

@@ -111,9 +111,7 @@ async def create_partitions(context: ApiContext, request: Request) -> Mapping[st
     return {"results": results}
 
 
-def _layout(
-    context: ApiContext, creatable: Any
-) -> tuple[int, int, list[tuple[int, ...]] | None]:
+def _layout(context: ApiContext, creatable: Any) -> tuple[int, int, list[tuple[int, ...]] | None]:
     """Partition count, replication factor and replica assignments (or None: placed by
     the controller), from the request or the broker's defaults."""
     partitions, replication_factor = creatable.num_partitions, creatable.replication_factor

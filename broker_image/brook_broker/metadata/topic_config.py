@@ -471,8 +471,6 @@ def describe_topic(
     return entries
 
 
-def describe_broker(
-    broker: BrokerConfig, include_synonyms: bool = False
-) -> list[ConfigEntry]:
+def describe_broker(broker: BrokerConfig, include_synonyms: bool = False) -> list[ConfigEntry]:
     """This broker's settings by their Kafka names; all of them are static (read-only)."""
     return [setting.entry(broker, include_synonyms) for setting in BROKER_SETTINGS]

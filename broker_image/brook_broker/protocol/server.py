@@ -51,6 +51,13 @@ def when_connection_closes(key: Hashable, callback: Callable[[], None]) -> None:
         connection.on_close[key] = callback
 
 
+def client_host() -> str:
+    """The address of the client whose request is being handled, as Kafka shows it in
+    group descriptions ("/127.0.0.1"); empty outside a request handler."""
+    connection = _CURRENT.get(None)
+    return "" if connection is None else f"/{connection.peer_host}"
+
+
 class Dispatcher(Protocol):
     """What the listener needs from the broker."""
 
@@ -113,6 +120,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._worker: asyncio.Task[None] | None = None
         self._peer = "?"
+        self.peer_host = ""
         self.on_close: dict[Hashable, Callable[[], None]] = {}
 
     # --- asyncio callbacks -------------------------------------------------------------
@@ -120,7 +128,9 @@ class _Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._peer = str(transport.get_extra_info("peername"))
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer)
+        self.peer_host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self._registry.add(self)
         self._worker = asyncio.get_running_loop().create_task(self._serve())
 

@@ -9,7 +9,8 @@ How the broker hooks it up (``broker.py``)::
     replicas = ReplicaManager(config.node_id, config, logs, quorum, appends)
     await replicas.start()                       # opens the logs of replicas assigned here,
                                                  # removes the others, takes up every role
-    context = ApiContext(config, quorum, logs, appends, replicas, controller)
+    groups = GroupCoordinator.for_broker(config, quorum, replicas)
+    context = ApiContext(config, quorum, logs, appends, replicas, groups, controller)
     ...
     await replicas.stop()                        # after the listener stopped, before the
     logs.close()                                 # logs are closed

@@ -1,18 +1,27 @@
-"""Record-level reading of a v2 batch, needed only to answer ListOffsets by timestamp.
+"""Record-level reading and writing of v2 batches, for the few places that need it.
 
-Produce and fetch never look inside a batch. Finding the first record at or after a
-timestamp does: the batch's records section is decompressed if needed and each record's
-leading varints (length, attributes, timestamp delta, offset delta) are read; keys,
-values and headers are skipped by the record length.
+Produce and fetch never look inside a batch. Two things do: ListOffsets by timestamp
+(each record's leading varints are read; keys, values and headers are skipped by the
+record length), and the broker's own internal topic ``__consumer_offsets``, whose
+batches the group coordinator writes and reads back (uncompressed, no headers).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator, Sequence
 
 import cramjam
+from crc32c import crc32c
 
-from .batch import HEADER_SIZE, TIMESTAMP_TYPE_LOG_APPEND, BatchHeader, InvalidBatch
+from .batch import (
+    HEADER_SIZE,
+    LOG_OVERHEAD,
+    TIMESTAMP_TYPE_LOG_APPEND,
+    BatchHeader,
+    InvalidBatch,
+    iter_headers,
+)
 
 NO_COMPRESSION = 0
 GZIP = 1
@@ -24,6 +33,10 @@ _XERIAL_MAGIC = b"\x82SNAPPY\x00"
 """Java clients frame snappy data as xerial's snappy-java does; librdkafka sends raw snappy."""
 _XERIAL_HEADER_SIZE = 16  # magic, version i32, minimum compatible version i32
 _BLOCK_LENGTH = struct.Struct(">i")
+_BEFORE_CRC = struct.Struct(">qiib")
+_AFTER_CRC = struct.Struct(">hiqqqhii")
+_CRC = struct.Struct(">I")
+NO_PRODUCER_ID = -1
 
 _DECOMPRESSORS = {
     GZIP: cramjam.gzip.decompress,
@@ -110,3 +123,82 @@ def read_varint(data: bytes | memoryview, position: int) -> tuple[int, int]:
         shift += 7
         if shift > 63:
             raise InvalidBatch("varint is longer than 10 bytes")
+
+
+def write_varint(value: int, out: bytearray) -> None:
+    """Append ``value`` as a zigzag varint/varlong."""
+    value = (value << 1) ^ (value >> 63)
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def build_batch(records: Sequence[tuple[bytes | None, bytes | None]], timestamp_ms: int) -> bytes:
+    """One uncompressed v2 batch of ``(key, value)`` records at ``timestamp_ms``, without a
+    producer id; the log assigns its offsets and leader epoch on append."""
+    if not records:
+        raise ValueError("a record batch holds at least one record")
+    body = bytearray()
+    for offset_delta, (key, value) in enumerate(records):
+        record = bytearray(b"\x00")  # attributes
+        write_varint(0, record)  # timestamp delta
+        write_varint(offset_delta, record)
+        for field in (key, value):
+            if field is None:
+                write_varint(-1, record)
+            else:
+                write_varint(len(field), record)
+                record += field
+        write_varint(0, record)  # no headers
+        write_varint(len(record), body)
+        body += record
+    after_crc = _AFTER_CRC.pack(
+        0,  # attributes: no compression, CreateTime
+        len(records) - 1,
+        timestamp_ms,
+        timestamp_ms,
+        NO_PRODUCER_ID,
+        -1,  # producer epoch
+        -1,  # base sequence
+        len(records),
+    ) + bytes(body)
+    batch_length = HEADER_SIZE - LOG_OVERHEAD + len(body)
+    before_crc = _BEFORE_CRC.pack(0, batch_length, -1, 2)
+    return before_crc + _CRC.pack(crc32c(after_crc)) + after_crc
+
+
+def iter_records(
+    data: bytes | memoryview,
+) -> Iterator[tuple[int, bytes | None, bytes | None]]:
+    """``(offset, key, value)`` of every record in ``data``, whole batches as the log
+    reads them; control batches are skipped. Raises :class:`InvalidBatch` on bad records."""
+    for position, header in iter_headers(data):
+        if header.is_control:
+            continue
+        batch = memoryview(data)[position : position + header.size]
+        records = decompress(header.compression, batch[HEADER_SIZE:])
+        cursor = 0
+        try:
+            for _ in range(header.records_count):
+                length, cursor = read_varint(records, cursor)
+                end = cursor + length
+                if length < 0 or end > len(records):
+                    raise InvalidBatch("record length does not fit its batch")
+                _, cursor = read_varint(records, cursor + 1)  # timestamp delta, after attributes
+                offset_delta, cursor = read_varint(records, cursor)
+                key, cursor = _read_field(records, cursor)
+                value, cursor = _read_field(records, cursor)
+                yield header.base_offset + offset_delta, key, value
+                cursor = end
+        except IndexError as error:
+            raise InvalidBatch("record is cut off") from error
+
+
+def _read_field(data: bytes | memoryview, position: int) -> tuple[bytes | None, int]:
+    length, position = read_varint(data, position)
+    if length < 0:
+        return None, position
+    if position + length > len(data):
+        raise InvalidBatch("record key or value is cut off")
+    return bytes(data[position : position + length]), position + length
