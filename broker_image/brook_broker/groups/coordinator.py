@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -73,9 +73,10 @@ class OffsetsLog(Protocol):
         """Partition index -> leader epoch of the partitions this broker leads."""
         ...
 
-    async def append(self, partition: int, records: Sequence[Record]) -> None:
-        """Append and wait until the in-sync replicas have it; raises :class:`ApiError`
-        with a coordinator error (NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE, …)."""
+    def append(self, partition: int, records: Sequence[Record]) -> Awaitable[None]:
+        """Append at once (so writes land in the order they are made) and return what
+        to await until the in-sync replicas have it. Both raise :class:`ApiError` with a
+        coordinator error (NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE, …)."""
         ...
 
     def read(self, partition: int) -> AsyncIterator[tuple[bytes | None, bytes | None]]:
@@ -836,13 +837,18 @@ class GroupCoordinator:
         self._write_in_background(group.partition, [_membership_record(group)])
 
     def _write_in_background(self, partition: int, records: Sequence[Record]) -> None:
-        task = asyncio.get_running_loop().create_task(self._write(partition, records))
+        try:
+            replicated = self._log.append(partition, records)
+        except ApiError as error:
+            log.info("writing to partition %d failed: %s", partition, error.message)
+            return
+        task = asyncio.get_running_loop().create_task(self._replicated(partition, replicated))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def _write(self, partition: int, records: Sequence[Record]) -> None:
+    async def _replicated(self, partition: int, replicated: Awaitable[None]) -> None:
         try:
-            await self._log.append(partition, records)
+            await replicated
         except ApiError as error:
             log.info("writing to partition %d failed: %s", partition, error.message)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TYPE_CHECKING
 
 from kio.schema.errors import ErrorCode
@@ -60,7 +60,9 @@ class ReplicatedOffsetsLog:
             )
         return partition
 
-    async def append(self, partition: int, records: Sequence[tuple[bytes, bytes | None]]) -> None:
+    def append(
+        self, partition: int, records: Sequence[tuple[bytes, bytes | None]]
+    ) -> Awaitable[None]:
         leader = self._leader(partition)
         try:
             leader.check_enough_replicas()
@@ -74,7 +76,9 @@ class ReplicatedOffsetsLog:
             )
         except OSError as error:
             raise ApiError(ErrorCode.not_coordinator, f"append failed: {error}") from None
-        committed = leader.wait_for_commit(appended.last_offset + 1)
+        return self._replicated(partition, leader.wait_for_commit(appended.last_offset + 1))
+
+    async def _replicated(self, partition: int, committed: asyncio.Future[ErrorCode]) -> None:
         try:
             async with asyncio.timeout(self._config.offsets_commit_timeout_ms / 1000):
                 code = await asyncio.shield(committed)
