@@ -1,13 +1,15 @@
 """``brook``: the command-line tool. ``brook local up`` runs a cluster on this machine in
-the foreground, for development and for trying Brook with any Kafka client.
+the foreground, for development and for trying Brook with any Kafka client; ``brook
+groups list`` and ``brook groups describe`` show consumer groups and their lag.
 
-Only the bootstrap line goes to stdout, so scripts can read it; everything else (the
-CLI's messages and the brokers' log lines) goes to stderr.
+Only results go to stdout (the bootstrap line, the tables), so scripts can read them;
+everything else (the CLI's messages and the brokers' log lines) goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import sys
 import time
@@ -16,6 +18,14 @@ from importlib import metadata
 from pathlib import Path
 from types import FrameType
 
+from .groups import (
+    GroupDescription,
+    GroupLag,
+    GroupReader,
+    GroupsError,
+    OffsetReset,
+    parse_bootstrap,
+)
 from .local import (
     CONTROLLER_PORT_OFFSET,
     HTTP_PORT_OFFSET,
@@ -44,6 +54,24 @@ lines. Arguments after "--" are passed to every broker, e.g.
 "brook local up -- --log-retention-ms 60000".
 """
 
+GROUPS_DESCRIBE_DESCRIPTION = """\
+Show a consumer group's committed offsets and lag, one row per partition the group has
+committed offsets for or its members are assigned, sorted by topic and partition, then
+a line with the group's state. CURRENT-OFFSET is the group's committed offset,
+LOG-END-OFFSET the partition's high watermark (the next offset a consumer can read),
+LAG their difference. A partition the group has no committed offset for shows
+CURRENT-OFFSET "-", and its LAG is where a consumer with that auto.offset.reset would
+start: 0 for --reset latest (the default, as for Kafka consumers), log end - log start
+for --reset earliest. LOG-END-OFFSET and LAG are "-" while the partition has no leader
+that answers. Exits 1 with a message on stderr if the group does not exist or the
+cluster cannot be asked.
+"""
+
+GROUPS_LIST_DESCRIPTION = """\
+List every consumer group the brokers coordinate, sorted by group id, with its state,
+number of members, assignment strategy and coordinator (broker node id).
+"""
+
 
 def _positive_int(text: str) -> int:
     value = int(text)
@@ -57,6 +85,14 @@ def _positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text}")
     return value
+
+
+def _bootstrap(text: str) -> str:
+    try:
+        parse_bootstrap(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def _version() -> str:
@@ -100,7 +136,46 @@ def build_parser() -> argparse.ArgumentParser:
         default=20.0,
         help="seconds brokers get to stop after SIGTERM before SIGKILL (20)",
     )
+    _add_groups_parser(commands)
     return parser
+
+
+def _add_groups_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    groups = commands.add_parser("groups", help="list consumer groups, show their lag")
+    groups_commands = groups.add_subparsers(dest="groups_command", required=True, metavar="COMMAND")
+    listing = groups_commands.add_parser(
+        "list", help="list consumer groups", description=GROUPS_LIST_DESCRIPTION
+    )
+    describe = groups_commands.add_parser(
+        "describe",
+        help="show a consumer group's offsets and lag",
+        description=GROUPS_DESCRIBE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    describe.add_argument("group", help="the group id")
+    describe.add_argument(
+        "--reset",
+        type=OffsetReset,
+        choices=list(OffsetReset),
+        default=OffsetReset.LATEST,
+        help="the consumers' auto.offset.reset, for the lag of partitions without a "
+        "committed offset (latest)",
+    )
+    for command in (listing, describe):
+        command.add_argument(
+            "--bootstrap",
+            type=_bootstrap,
+            required=True,
+            metavar="HOST:PORT[,HOST:PORT...]",
+            help="brokers to ask first (each is tried in turn)",
+        )
+        command.add_argument(
+            "--timeout",
+            type=_positive_float,
+            default=15.0,
+            help="seconds to keep looking for a group's coordinator or a partition's "
+            "leader while they move (15)",
+        )
 
 
 def parse_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[BrokerSpec]]:
@@ -112,8 +187,11 @@ def parse_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[Broke
         argv, broker_args = argv[:split], argv[split + 1 :]
     parser = build_parser()
     options = parser.parse_args(argv)
-    if broker_args and (options.command, options.local_command) != ("local", "up"):
+    local_up_command = options.command == "local" and options.local_command == "up"
+    if broker_args and not local_up_command:
         parser.error("arguments after -- are only for 'brook local up'")
+    if options.command != "local":
+        return options, []
     try:
         specs = plan_cluster(
             brokers=options.brokers,
@@ -188,6 +266,103 @@ def local_up(options: argparse.Namespace, specs: Sequence[BrokerSpec]) -> int:
     return exit_code
 
 
+# --- brook groups ------------------------------------------------------------------------
+
+DESCRIBE_COLUMNS = (
+    "GROUP",
+    "TOPIC",
+    "PARTITION",
+    "CURRENT-OFFSET",
+    "LOG-END-OFFSET",
+    "LAG",
+    "CONSUMER-ID",
+    "HOST",
+    "CLIENT-ID",
+)
+LIST_COLUMNS = ("GROUP", "STATE", "MEMBERS", "ASSIGNMENT-STRATEGY", "COORDINATOR")
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object | None]]) -> str:
+    """Columns padded to their widest cell, as kafka-consumer-groups prints; None is "-"."""
+    cells = [list(header), *([_cell(value) for value in row] for row in rows)]
+    widths = [max(len(line[column]) for line in cells) for column in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in cells
+    )
+
+
+def _cell(value: object | None) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def _members(count: int) -> str:
+    return f"{count} member" if count == 1 else f"{count} members"
+
+
+def format_group_lag(group: GroupLag, reset: OffsetReset) -> str:
+    """The table of ``brook groups describe`` and its closing state line."""
+    description = group.description
+    table = format_table(
+        DESCRIBE_COLUMNS,
+        [
+            (
+                description.group_id,
+                row.topic,
+                row.partition,
+                row.committed_offset,
+                row.log_end_offset,
+                row.lag,
+                row.member_id,
+                row.host,
+                row.client_id,
+            )
+            for row in group.partitions
+        ],
+    )
+    state = (
+        f"Group {description.group_id!r} is {description.state} with "
+        f"{_members(len(description.members))} (coordinator: broker "
+        f"{description.coordinator}); total lag {group.total_lag}."
+    )
+    if any(row.committed_offset is None for row in group.partitions):
+        state += f" Partitions without a committed offset count lag from --reset {reset}."
+    return f"{table}\n\n{state}"
+
+
+def format_group_list(groups: Sequence[GroupDescription]) -> str:
+    """The table of ``brook groups list``."""
+    return format_table(
+        LIST_COLUMNS,
+        [
+            (group.group_id, group.state, len(group.members), group.protocol, group.coordinator)
+            for group in groups
+        ],
+    )
+
+
+async def _groups(options: argparse.Namespace) -> str:
+    async with GroupReader(options.bootstrap, retry_timeout=options.timeout) as reader:
+        if options.groups_command == "list":
+            return format_group_list(await reader.list_groups())
+        group = await reader.group_lag(options.group, options.reset)
+        return format_group_lag(group, options.reset)
+
+
+def groups(options: argparse.Namespace) -> int:
+    try:
+        output = asyncio.run(_groups(options))
+    except GroupsError as error:
+        _say(str(error))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(output, flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options, specs = parse_arguments(sys.argv[1:] if argv is None else argv)
+    if options.command == "groups":
+        return groups(options)
     return local_up(options, specs)

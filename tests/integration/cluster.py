@@ -8,6 +8,8 @@ is read with Metadata requests to one chosen broker, so a test knows whose view 
 ``SequenceProducer`` writes records that carry increasing sequence numbers and records
 every delivery report; ``read_back`` and ``check_acknowledged`` then prove that what was
 acknowledged is in the log, at the acknowledged offset, in order.
+``write_while_killing_leaders`` runs such a producer while leaders are killed with
+SIGKILL again and again, and reads the log back.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from kio.schema.metadata.v12.request import MetadataRequest, MetadataRequestTopi
 from prometheus_client.parser import text_string_to_metric_families
 
 from .brokers import BrokerProcess, KafkaConnection, free_port, stop_brokers, wait_until
-from .clients import confluent_consumer
+from .clients import confluent_consumer, create_topic
 
 READY_TIMEOUT_S = 60.0
 """A broker of a quorum is ready once the quorum has a leader and the broker registered."""
@@ -553,3 +555,97 @@ def check_acknowledged(
                 )
                 last_acked = sequence
     return duplicates
+
+
+# --- writing while leaders are killed ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kill:
+    partition: int
+    broker: int
+    failover_seconds: float
+    """From the kill until another broker led the partition."""
+
+
+@dataclass
+class ChaosRun:
+    producer: SequenceProducer
+    kills: list[Kill]
+    seconds: float
+    log: dict[int, list[tuple[int, int]]]
+    """What ``read_back`` found afterwards."""
+
+    def summary(self) -> str:
+        failovers = ", ".join(
+            f"p{kill.partition}/b{kill.broker} {kill.failover_seconds:.2f}s" for kill in self.kills
+        )
+        return (
+            f"{self.seconds:.0f} s, {len(self.kills)} leaders killed (partition/broker, "
+            f"seconds to a new leader: {failovers}); {self.producer.sent} records sent, "
+            f"{len(self.producer.acked)} acknowledged, {len(self.producer.failed)} failed; "
+            f"{sum(map(len, self.log.values()))} records in the log"
+        )
+
+
+def kill_leaders(
+    cluster: Cluster,
+    topic: str,
+    partitions: int,
+    until: float,
+    *,
+    between_seconds: float = 2.0,
+    down_seconds: float = 1.0,
+) -> list[Kill]:
+    """kill -9 the leader of partition 0, 1, 2, ... in turn, restart it a moment later,
+    and wait until every replica is back in the ISR before the next kill (so that at most
+    one broker is down at a time: RF 3 with min ISR 2 promises that much).
+
+    Runs on the main thread: a broker started from a thread would be sent SIGTERM when
+    that thread ends (Linux's parent-death signal follows the thread that forked)."""
+    kills = []
+    partition = 0
+    while time.monotonic() < until:
+        time.sleep(between_seconds)
+        leader = cluster.wait_for_leader(topic, partition)
+        cluster[leader].kill9()
+        killed_at = time.monotonic()
+        cluster.wait_for_leader(topic, partition, excluding={leader})
+        kills.append(Kill(partition, leader, time.monotonic() - killed_at))
+        time.sleep(down_seconds)
+        cluster.restart(leader)
+        cluster.wait_for_full_isr(topic, partitions)
+        partition = (partition + 1) % partitions
+    return kills
+
+
+def write_while_killing_leaders(
+    cluster: Cluster,
+    topic: str,
+    partitions: int,
+    seconds: float,
+    producer_config: Mapping[str, Any] | None = None,
+    per_second: int = 2000,
+) -> ChaosRun:
+    """Create ``topic`` (RF 3, min ISR 2), write sequence numbers to it at ``per_second``
+    for ``seconds`` while ``kill_leaders`` runs, wait for every delivery report, and read
+    every partition back."""
+    create_topic(
+        cluster.bootstrap,
+        topic,
+        partitions,
+        {"min.insync.replicas": "2"},
+        replication_factor=3,
+    )
+    cluster.wait_for_full_isr(topic, partitions)
+    producer = SequenceProducer(cluster.bootstrap, topic, range(partitions), producer_config)
+    started = time.monotonic()
+    producer.run_in_background(per_second=per_second)
+    try:
+        kills = kill_leaders(cluster, topic, partitions, until=started + seconds)
+    finally:
+        producer.stop()
+    elapsed = time.monotonic() - started
+    return ChaosRun(
+        producer, kills, elapsed, read_back(cluster.bootstrap, topic, range(partitions))
+    )

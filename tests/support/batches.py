@@ -143,9 +143,13 @@ def make_batch(
     codec: str = "none",
     base_offset: int = 0,
     log_append_time: bool = False,
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
 ) -> bytes:
     """One v2 batch of ``values`` (keyed ``k<i>``, one header each) as a producer sends it;
-    timestamps default to one millisecond apart from BASE_TIME_MS."""
+    timestamps default to one millisecond apart from BASE_TIME_MS. An idempotent
+    producer's batch carries its ``producer_id``, ``producer_epoch`` and ``base_sequence``."""
     if timestamps is None:
         timestamps = [BASE_TIME_MS + index for index in range(len(values))]
     return encode_batch(
@@ -154,6 +158,9 @@ def make_batch(
         codec=codec,
         base_offset=base_offset,
         attributes=TIMESTAMP_TYPE_LOG_APPEND if log_append_time else 0,
+        producer_id=producer_id,
+        producer_epoch=producer_epoch,
+        base_sequence=base_sequence,
     )
 
 

@@ -9,6 +9,12 @@ fewer than ``min.insync.replicas`` replicas are in sync as the leader sees them;
 otherwise the answer waits until the high watermark passes the appended batches, at
 most the request's timeout (REQUEST_TIMED_OUT), and fails if leadership moves first.
 All partitions of a request are appended before any wait, so they replicate together.
+
+Batches of idempotent producers are checked against the partition's producer state: a
+retried batch that is already in the log is answered as it was the first time (its
+original base offset, NONE), and with ``acks=all`` only once that original is committed;
+a sequence gap is refused with OUT_OF_ORDER_SEQUENCE_NUMBER and a fenced producer epoch
+with INVALID_PRODUCER_EPOCH, nothing appended.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from .. import metrics
 from ..metadata.errors import ApiError
 from ..metadata.topic_config import TopicSettings
 from ..protocol.codec import Request
+from ..replication.producer_state import NO_PRODUCER_ID
 from ..storage.batch import TRANSACTIONAL_FLAG, BatchHeader, InvalidBatch, validate_batches
 from .context import ApiContext
 from .errors import count_error, leader_replica
@@ -163,3 +170,9 @@ def _check_batches(headers: list[BatchHeader], settings: TopicSettings, partitio
             )
         if header.attributes & TRANSACTIONAL_FLAG:
             raise ApiError(ErrorCode.invalid_txn_state, "transactional batches are not supported")
+        if header.producer_id != NO_PRODUCER_ID and header.base_sequence < 0:
+            raise ApiError(
+                ErrorCode.invalid_record,
+                f"Invalid sequence number {header.base_sequence} in a record batch of "
+                f"producer {header.producer_id} for {partition}",
+            )

@@ -203,7 +203,7 @@ class ReplicaFetcher:
             # No epoch recorded: nothing can be matched with the leader's log, so
             # whatever is here goes and the log is fetched again.
             if log_.log_end_offset > log_.log_start_offset:
-                log_.truncate_to(log_.log_start_offset)
+                partition.truncate_to(log_.log_start_offset)
             partition.needs_truncation = False
         if not asking:
             return
@@ -300,7 +300,7 @@ class ReplicaFetcher:
                     partition.index,
                     answer.log_start_offset,
                 )
-                log_.restart_at(answer.log_start_offset)
+                partition.restart_at(answer.log_start_offset)
             else:
                 partition.needs_truncation = True  # ahead of the leader
             return
@@ -309,7 +309,7 @@ class ReplicaFetcher:
             return
         if answer.records:
             try:
-                log_.append_as_follower(answer.records, now_ms=wall_clock_ms())
+                partition.append_as_follower(answer.records, now_ms=wall_clock_ms())
             except InvalidBatch as error:
                 log.warning("%s; truncating again", error)
                 partition.needs_truncation = True
@@ -354,24 +354,24 @@ def truncate_to_leader(partition: Partition, leader_epoch: int, end_offset: int)
     epochs = log_.leader_epochs
     if end_offset < 0:
         # The leader knows no epoch this log has: start again from its log start.
-        log_.truncate_to(log_.log_start_offset)
+        partition.truncate_to(log_.log_start_offset)
         partition.needs_truncation = False
         return
     if leader_epoch == epochs.latest_epoch:
-        log_.truncate_to(min(end_offset, log_.log_end_offset))
+        partition.truncate_to(min(end_offset, log_.log_end_offset))
         partition.needs_truncation = False
         return
     own_epoch, own_end = epochs.end_offset_for(leader_epoch, log_.log_end_offset)
     if own_end < 0:
-        log_.truncate_to(log_.log_start_offset)
+        partition.truncate_to(log_.log_start_offset)
         partition.needs_truncation = False
     elif own_epoch == leader_epoch:
-        log_.truncate_to(min(own_end, end_offset))
+        partition.truncate_to(min(own_end, end_offset))
         partition.needs_truncation = False
     else:
         # This log does not have the leader's epoch: cut back to the end of the epochs it
         # has below it and ask again for the one that is then the latest.
-        log_.truncate_to(min(own_end, log_.log_end_offset))
+        partition.truncate_to(min(own_end, log_.log_end_offset))
 
 
 def _by_topic(partitions: Iterable[Partition]) -> dict[str, list[Partition]]:

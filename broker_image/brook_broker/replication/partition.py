@@ -11,6 +11,11 @@ proposed for addition. Proposals go to the metadata quorum (``alter_partition``)
 at a time; while one is in flight the high watermark counts both ISRs, so it is safe
 whichever way the proposal ends.
 
+In every role the replica keeps its idempotent producers' state (``producers``) in step
+with its log: built from the log's batch headers when the replica is created, updated
+by every append (leader or follower), taken back by truncation. A leader checks producer
+batches against it, and answers a retried batch with its original offsets.
+
 As **follower** it keeps what the replica fetcher needs: the leader and epoch to
 follow, whether the log must first be truncated (after every change of leader or
 epoch), and a pause after an error.
@@ -40,8 +45,9 @@ from ..config import BrokerConfig
 from ..metadata.errors import ApiError
 from ..metadata.model import NO_LEADER, PartitionState
 from ..metadata.topic_config import TopicSettings, resolve
-from ..storage.batch import BatchHeader
+from ..storage.batch import BatchHeader, iter_headers
 from ..storage.log import AppendInfo, PartitionLog
+from .producer_state import ProducerStateTable
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,9 @@ Notify = Callable[[str, int], None]
 ISR_RETRY_SECONDS = 1.0
 """After a refused or failed ISR proposal, propose again only after this long or after
 the next metadata change, whichever comes first."""
+PRODUCER_EXPIRATION_CHECK_SECONDS = 600.0
+"""Kafka's ``producer.id.expiration.check.interval.ms`` default: how often appends look
+for producers to forget."""
 
 
 _ROUTINE_REFUSALS = frozenset(
@@ -130,6 +139,9 @@ class Partition:
         """Raised on every change of what this replica follows, so a fetch answer that
         was asked for under an older one is dropped."""
         self.paused_until = 0.0
+        self.producers = ProducerStateTable(f"{topic}-{index}")
+        self.producers.load(log.batch_headers())
+        self._producer_expiration_due = clock() + PRODUCER_EXPIRATION_CHECK_SECONDS
         # The log may hold uncommitted data beyond what was committed when this broker
         # last saved its high watermarks (``high_watermark``): the rest is committed once
         # the leader says so (or, as leader, once the ISR has it).
@@ -270,7 +282,19 @@ class Partition:
         now_ms: int,
         log_append_time: bool,
     ) -> AppendInfo:
-        """Append producer batches as leader; followers waiting for data are woken."""
+        """Append producer batches as leader; followers waiting for data are woken.
+
+        A batch an idempotent producer already wrote (a retry) is not appended again:
+        the original batch's offsets come back, with a record count of 0. Sequence gaps
+        and fenced producer epochs raise ApiError, with nothing appended."""
+        duplicate = self.producers.check(headers)
+        if duplicate is not None:
+            return AppendInfo(
+                duplicate.first_offset,
+                duplicate.last_offset,
+                0,
+                duplicate.timestamp if log_append_time else -1,
+            )
         info = self.log.append(
             records,
             headers,
@@ -278,9 +302,21 @@ class Partition:
             leader_epoch=self.leader_epoch,
             log_append_time=log_append_time,
         )
+        offset = info.base_offset
+        for header in headers:
+            timestamp = now_ms if log_append_time else header.max_timestamp
+            self.producers.record(header, offset, timestamp)
+            offset += header.last_offset_delta + 1
+        self._expire_producers(now_ms)
         self._notify(self.topic, self.index)
         self._advance_high_watermark()
         return info
+
+    def _expire_producers(self, now_ms: int) -> None:
+        now = self._clock()
+        if now >= self._producer_expiration_due:
+            self._producer_expiration_due = now + PRODUCER_EXPIRATION_CHECK_SECONDS
+            self.producers.remove_expired(now_ms, self.log.log_start_offset)
 
     def wait_for_commit(self, offset: int) -> asyncio.Future[ErrorCode]:
         """A future that resolves once the high watermark reaches ``offset``: to
@@ -433,6 +469,37 @@ class Partition:
                     future.set_result(outcome)
 
     # --- follower ------------------------------------------------------------------------
+
+    def append_as_follower(self, records: bytes | memoryview, *, now_ms: int) -> AppendInfo:
+        """Append batches fetched from the leader, and record their producers' batches."""
+        info = self.log.append_as_follower(records, now_ms=now_ms)
+        if info.record_count:
+            for _, header in iter_headers(records):
+                if header.base_offset > info.last_offset:
+                    break
+                self.producers.record(header, header.base_offset, header.max_timestamp)
+            self._expire_producers(now_ms)
+        return info
+
+    def truncate_to(self, offset: int) -> None:
+        """Cut the log at ``offset`` (see ``PartitionLog.truncate_to``); the producers'
+        state goes back with it, from the batches it kept or else from the log."""
+        before = self.log.log_end_offset
+        self.log.truncate_to(offset)
+        end = self.log.log_end_offset
+        if end == before:
+            return
+        if end == self.log.log_start_offset:
+            self.producers.clear()
+            return
+        lost = self.producers.truncate(end)
+        if lost:
+            self.producers.recover(lost, self.log.batch_headers, self.log.log_start_offset, end)
+
+    def restart_at(self, offset: int) -> None:
+        """Drop the whole log and continue at ``offset`` (see ``PartitionLog.restart_at``)."""
+        self.log.restart_at(offset)
+        self.producers.clear()
 
     def follower_appended(self, leader_high_watermark: int, leader_log_start_offset: int) -> None:
         """After a fetch from the leader: its high watermark, as far as this log has it,

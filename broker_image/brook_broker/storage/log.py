@@ -18,7 +18,7 @@ import re
 import shutil
 import time
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -392,6 +392,34 @@ class PartitionLog:
             if data is not None:
                 return data
         return b""
+
+    def batch_headers(
+        self, start_offset: int = 0, end_offset: int | None = None
+    ) -> Iterator[BatchHeader]:
+        """Headers of the batches from the one holding ``start_offset`` (or the first after
+        it) to the last that starts before ``end_offset`` (default: the log end), without
+        reading their records: for state kept per batch (idempotent producers) to be
+        rebuilt from the log. An unreadable header ends what is read of its segment, with
+        a warning."""
+        end = self.log_end_offset if end_offset is None else end_offset
+        first = max(bisect_right(self._bases, start_offset) - 1, 0)
+        for segment in self._segments[first:]:
+            if segment.base_offset >= end:
+                return
+            try:
+                for _, header in segment.headers(segment.index.lookup(start_offset)):
+                    if header.base_offset >= end:
+                        return
+                    if header.last_offset >= start_offset:
+                        yield header
+            except InvalidBatch as error:
+                logger.warning(
+                    "%s-%d: segment %d has an unreadable batch header: %s",
+                    self.topic,
+                    self.partition,
+                    segment.base_offset,
+                    error,
+                )
 
     def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
         """``(offset, timestamp)`` of the first record with a timestamp >= ``timestamp_ms``."""

@@ -310,6 +310,11 @@ class Segment:
                     return found
         return None
 
+    def headers(self, position: int = 0) -> Iterator[tuple[int, BatchHeader]]:
+        """``(position, header)`` of every batch from ``position`` (a batch boundary) on,
+        without reading the records."""
+        return self._headers(position, self.size)
+
     def _find(self, offset: int) -> tuple[int, BatchHeader] | None:
         """Position and header of the first batch whose last offset is >= ``offset``."""
         for position, header in self._headers(self.index.lookup(offset), self.size):

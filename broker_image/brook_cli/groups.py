@@ -1,0 +1,681 @@
+"""Consumer groups and their lag, read over the Kafka protocol as Kafka's own admin tools
+read them: ``brook groups`` prints what this module returns, and the operator scales
+consumers on the same numbers.
+
+A group's rows are the partitions it has committed offsets for (OffsetFetch to the
+group's coordinator) together with the partitions its members are assigned
+(DescribeGroups, decoding the consumer protocol's assignments). Each row gets the
+partition's log end offset from the partition's leader: ListOffsets "latest", which is
+the high watermark, the next offset a consumer can read.
+
+**Lag** is log end offset - committed offset. A partition without a committed offset
+(a member has not committed its first offsets yet, or partitions were added) is read by
+the group's consumers from where their ``auto.offset.reset`` points, so its lag follows
+the reset policy the reader is given:
+
+- ``latest`` (the default, as for Kafka consumers): they start at the log end: lag 0;
+- ``earliest``: they start at the log start offset: lag = log end - log start.
+
+Log end offset and lag are None where no leader of the partition could answer (no
+leader now, topic deleted). API versions are agreed once, with the first broker that
+answers ApiVersions: the brokers of one cluster run the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from brook_broker.protocol.client import KafkaClient, KafkaConnectionError, KafkaProtocolError
+from kio.schema.consumer_protocol_assignment.v3.data import ConsumerProtocolAssignment
+from kio.schema.errors import ErrorCode
+from kio.schema.index import api_key_map
+from kio.serial import entity_reader
+
+from .local import format_address
+
+Address = tuple[str, int]
+Broker = tuple[int, Address]
+"""A broker's node id and address."""
+TopicPartition = tuple[str, int]
+
+CONSUMER_PROTOCOL = "consumer"
+"""The protocol type of Kafka consumers' groups: only their assignments can be decoded."""
+
+DEAD = "Dead"
+"""The state a coordinator gives a group it does not know."""
+
+_LATEST = -1
+_EARLIEST = -2
+_RETRY_BACKOFF_S = 0.25
+
+_COORDINATOR_ERRORS = frozenset(
+    {
+        ErrorCode.coordinator_load_in_progress,
+        ErrorCode.coordinator_not_available,
+        ErrorCode.not_coordinator,
+    }
+)
+"""Answers that mean: ask FindCoordinator again, the group is (about to be) elsewhere."""
+
+_LEADER_ERRORS = frozenset(
+    {
+        ErrorCode.leader_not_available,
+        ErrorCode.not_leader_or_follower,
+        ErrorCode.replica_not_available,
+        ErrorCode.fenced_leader_epoch,
+        ErrorCode.unknown_leader_epoch,
+        ErrorCode.offset_not_available,
+        ErrorCode.unknown_topic_or_partition,  # not there yet, or deleted meanwhile
+    }
+)
+"""ListOffsets answers after which the partition's leader is looked up again."""
+
+
+@dataclass(frozen=True)
+class _Api:
+    """An API this reader sends, with the versions whose requests it knows how to build."""
+
+    key: int
+    lowest: int
+    highest: int
+
+    @property
+    def name(self) -> str:
+        return "".join(word.title() for word in api_key_map[self.key].split("_"))
+
+
+_LIST_OFFSETS = _Api(2, 1, 7)
+_METADATA = _Api(3, 1, 12)
+_OFFSET_FETCH = _Api(9, 2, 9)  # 2 is the first that fetches every partition (topics null)
+_FIND_COORDINATOR = _Api(10, 1, 4)
+_DESCRIBE_GROUPS = _Api(15, 0, 5)
+_LIST_GROUPS = _Api(16, 0, 4)
+_API_VERSIONS = _Api(18, 0, 0)
+
+_BATCHED_OFFSET_FETCH = 8
+_BATCHED_FIND_COORDINATOR = 4
+
+
+class OffsetReset(enum.StrEnum):
+    """Where a consumer starts on a partition its group has no committed offset for."""
+
+    EARLIEST = "earliest"
+    LATEST = "latest"
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    """One partition of a group: its committed offset, log end offset and lag, and the
+    member it is assigned to (None for a partition no member has)."""
+
+    topic: str
+    partition: int
+    committed_offset: int | None
+    log_end_offset: int | None
+    lag: int | None
+    member_id: str | None = None
+    host: str | None = None
+    client_id: str | None = None
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    member_id: str
+    group_instance_id: str | None
+    client_id: str
+    host: str
+    assignment: tuple[TopicPartition, ...]
+
+
+@dataclass(frozen=True)
+class GroupDescription:
+    """What a group's coordinator says of it (DescribeGroups)."""
+
+    group_id: str
+    state: str
+    protocol_type: str
+    protocol: str
+    coordinator: int
+    members: tuple[GroupMember, ...]
+
+
+@dataclass(frozen=True)
+class GroupLag:
+    """A group with its lag, one row per partition, sorted by topic and partition."""
+
+    description: GroupDescription
+    partitions: tuple[PartitionLag, ...]
+
+    @property
+    def total_lag(self) -> int:
+        """The sum of the lags that are known."""
+        return sum(row.lag for row in self.partitions if row.lag is not None)
+
+
+class GroupsError(Exception):
+    """A question about groups could not be answered; the message says why."""
+
+
+class BrokersUnreachable(GroupsError):
+    """No broker of the bootstrap list (nor any other known one) could be reached."""
+
+
+class GroupNotFound(GroupsError):
+    """The coordinator knows no such group (state Dead) and it has no committed offsets."""
+
+
+# --- pure parts --------------------------------------------------------------------------
+
+
+def error_name(code: int) -> str:
+    """Kafka's name of an error code, e.g. NOT_COORDINATOR."""
+    try:
+        return ErrorCode(code).name.upper()
+    except ValueError:
+        return f"error code {code}"
+
+
+def parse_bootstrap(text: str) -> list[Address]:
+    """``HOST:PORT[,HOST:PORT...]``, IPv6 hosts in brackets; ValueError says what is wrong."""
+    addresses = []
+    for item in text.split(","):
+        item = item.strip()
+        host, separator, port = item.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected HOST:PORT in the bootstrap list, got {item!r}")
+        addresses.append((host, int(port)))
+    return addresses
+
+
+def partition_lag(
+    committed_offset: int | None,
+    log_start_offset: int | None,
+    log_end_offset: int | None,
+    reset: OffsetReset,
+) -> int | None:
+    """The lag of one partition (see the module docstring for the rule); None if unknown."""
+    if log_end_offset is None:
+        return None
+    if committed_offset is not None:
+        return log_end_offset - committed_offset
+    if reset is OffsetReset.LATEST:
+        return 0
+    return None if log_start_offset is None else log_end_offset - log_start_offset
+
+
+_ASSIGNMENT_VERSION = struct.Struct(">h")
+_read_assignment = entity_reader(ConsumerProtocolAssignment)
+
+
+def decode_assignment(data: bytes) -> tuple[TopicPartition, ...]:
+    """The partitions of a consumer protocol assignment: an int16 version, then fields that
+    later versions only ever extend at the end (so the newest layout kio knows reads all).
+    Empty bytes (a member between rebalances) assign nothing."""
+    if not data:
+        return ()
+    if len(data) < _ASSIGNMENT_VERSION.size or _ASSIGNMENT_VERSION.unpack_from(data)[0] < 0:
+        raise ValueError("not a consumer protocol assignment: bad version")
+    try:
+        assignment, _ = _read_assignment(memoryview(data), _ASSIGNMENT_VERSION.size)
+    except Exception as error:  # kio raises a variety of errors on bad bytes
+        raise ValueError(f"not a consumer protocol assignment: {error}") from error
+    return tuple(
+        (str(topic.topic), int(partition))
+        for topic in assignment.assigned_partitions
+        for partition in topic.partitions
+    )
+
+
+def lag_rows(
+    description: GroupDescription,
+    committed: Mapping[TopicPartition, int],
+    log_start_offsets: Mapping[TopicPartition, int],
+    log_end_offsets: Mapping[TopicPartition, int],
+    reset: OffsetReset,
+) -> tuple[PartitionLag, ...]:
+    """Rows for every committed or assigned partition, sorted by topic and partition."""
+    owners = {
+        topic_partition: member
+        for member in description.members
+        for topic_partition in member.assignment
+    }
+    rows = []
+    for topic_partition in sorted(committed.keys() | owners.keys()):
+        committed_offset = committed.get(topic_partition)
+        log_end_offset = log_end_offsets.get(topic_partition)
+        owner = owners.get(topic_partition)
+        rows.append(
+            PartitionLag(
+                topic=topic_partition[0],
+                partition=topic_partition[1],
+                committed_offset=committed_offset,
+                log_end_offset=log_end_offset,
+                lag=partition_lag(
+                    committed_offset,
+                    log_start_offsets.get(topic_partition),
+                    log_end_offset,
+                    reset,
+                ),
+                member_id=None if owner is None else owner.member_id,
+                host=None if owner is None else owner.host,
+                client_id=None if owner is None else owner.client_id,
+            )
+        )
+    return tuple(rows)
+
+
+def _described_group(answer: Any, coordinator: int) -> GroupDescription:
+    decode = answer.protocol_type == CONSUMER_PROTOCOL
+    members = []
+    for member in answer.members:
+        try:
+            assignment = decode_assignment(bytes(member.member_assignment)) if decode else ()
+        except ValueError as error:
+            raise GroupsError(
+                f"group {answer.group_id!r}: member {member.member_id}'s assignment: {error}"
+            ) from None
+        members.append(
+            GroupMember(
+                member_id=str(member.member_id),
+                group_instance_id=getattr(member, "group_instance_id", None),
+                client_id=str(member.client_id),
+                host=str(member.client_host),
+                assignment=assignment,
+            )
+        )
+    return GroupDescription(
+        group_id=str(answer.group_id),
+        state=str(answer.group_state),
+        protocol_type=str(answer.protocol_type),
+        protocol=str(answer.protocol_data),
+        coordinator=coordinator,
+        members=tuple(members),
+    )
+
+
+# --- the reader --------------------------------------------------------------------------
+
+
+class _CoordinatorMoved(Exception):
+    """The coordinator asked is not (or not yet) the group's: find it again."""
+
+
+class GroupReader:
+    """Reads consumer groups from a cluster. Keeps one connection per broker, and what it
+    learnt (brokers, coordinators), until :meth:`close`; safe to reuse for many reads.
+
+    ``request_timeout`` bounds each request; ``retry_timeout`` bounds the search for a
+    group's coordinator and for partition leaders while they move (after a broker
+    failure a new one is elected within a few seconds)."""
+
+    def __init__(
+        self,
+        bootstrap: str | Sequence[Address],
+        *,
+        client_id: str = "brook-groups",
+        request_timeout: float = 10.0,
+        retry_timeout: float = 15.0,
+        connect: Callable[[str, int, str], KafkaClient] = KafkaClient,
+    ) -> None:
+        self._bootstrap = parse_bootstrap(bootstrap) if isinstance(bootstrap, str) else [*bootstrap]
+        if not self._bootstrap:
+            raise ValueError("the bootstrap list is empty")
+        self._client_id = client_id
+        self._request_timeout = request_timeout
+        self._retry_timeout = retry_timeout
+        self._connect = connect
+        self._clients: dict[Address, KafkaClient] = {}
+        self._brokers: dict[int, Address] = {}
+        self._coordinators: dict[str, Broker] = {}
+        self._versions: dict[int, tuple[int, int]] | None = None
+
+    async def __aenter__(self) -> GroupReader:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.close()
+
+    # -- what callers ask
+
+    async def list_groups(self) -> list[GroupDescription]:
+        """Every group any broker coordinates (ListGroups to each broker), each described
+        by its coordinator; sorted by group id."""
+        brokers = _brokers(await self._metadata([]))
+        listed = await asyncio.gather(*(self._listed_on(broker) for broker in brokers))
+        group_ids = sorted({group_id for groups in listed for group_id in groups})
+        return list(await asyncio.gather(*(self.describe_group(g) for g in group_ids)))
+
+    async def describe_group(self, group_id: str) -> GroupDescription:
+        """The group's state and members as its coordinator sees them (state Dead if the
+        coordinator does not know the group)."""
+        node, _, response = await self._ask_coordinator(
+            group_id,
+            _DESCRIBE_GROUPS,
+            {"groups": [group_id], "include_authorized_operations": False},
+            lambda version, response: int(response.groups[0].error_code),
+        )
+        answer = response.groups[0]
+        code = int(answer.error_code)
+        if code == ErrorCode.group_id_not_found:
+            return GroupDescription(group_id, DEAD, "", "", node, ())
+        if code != ErrorCode.none:
+            raise GroupsError(f"DescribeGroups of group {group_id!r}: {error_name(code)}")
+        return _described_group(answer, node)
+
+    async def committed_offsets(self, group_id: str) -> dict[TopicPartition, int]:
+        """Every committed offset of the group (OffsetFetch of all its partitions)."""
+        body = {
+            "group_id": group_id,
+            "topics": None,
+            "groups": [{"group_id": group_id, "topics": None}],
+            "require_stable": False,
+        }
+        _, version, response = await self._ask_coordinator(
+            group_id, _OFFSET_FETCH, body, _offset_fetch_error
+        )
+        answer = response.groups[0] if version >= _BATCHED_OFFSET_FETCH else response
+        code = int(answer.error_code)
+        if code == ErrorCode.group_id_not_found:
+            return {}
+        if code != ErrorCode.none:
+            raise GroupsError(f"OffsetFetch of group {group_id!r}: {error_name(code)}")
+        offsets = {}
+        for topic in answer.topics:
+            for partition in topic.partitions:
+                if partition.error_code != ErrorCode.none:
+                    raise GroupsError(
+                        f"OffsetFetch of group {group_id!r}, {topic.name}-"
+                        f"{partition.partition_index}: {error_name(partition.error_code)}"
+                    )
+                if partition.committed_offset >= 0:
+                    offsets[(str(topic.name), int(partition.partition_index))] = int(
+                        partition.committed_offset
+                    )
+        return offsets
+
+    async def group_lag(self, group_id: str, reset: OffsetReset = OffsetReset.LATEST) -> GroupLag:
+        """The group with committed offset, log end offset and lag of each of its
+        partitions. Raises :class:`GroupNotFound` for a group that does not exist."""
+        description = await self.describe_group(group_id)
+        committed = await self.committed_offsets(group_id)
+        if description.state == DEAD and not committed:
+            raise GroupNotFound(
+                f"consumer group {group_id!r} does not exist (its coordinator, broker "
+                f"{description.coordinator}, describes it as {DEAD})"
+            )
+        partitions = committed.keys() | {
+            topic_partition
+            for member in description.members
+            for topic_partition in member.assignment
+        }
+        uncommitted = partitions - committed.keys()
+        log_end_offsets = await self.log_offsets(partitions, _LATEST)
+        log_start_offsets = (
+            await self.log_offsets(uncommitted, _EARLIEST)
+            if reset is OffsetReset.EARLIEST and uncommitted
+            else {}
+        )
+        rows = lag_rows(description, committed, log_start_offsets, log_end_offsets, reset)
+        return GroupLag(description, rows)
+
+    async def log_offsets(
+        self, partitions: Iterable[TopicPartition], timestamp: int = _LATEST
+    ) -> dict[TopicPartition, int]:
+        """ListOffsets to each partition's leader (-1: log end, -2: log start). Partitions
+        whose leaders cannot answer within ``retry_timeout`` are left out."""
+        wanted = set(partitions)
+        found: dict[TopicPartition, int] = {}
+        deadline = self._deadline()
+        while wanted:
+            leaders = await self._leaders(sorted({topic for topic, _ in wanted}))
+            by_leader: dict[Broker, list[TopicPartition]] = {}
+            for topic_partition in sorted(wanted):
+                leader = leaders.get(topic_partition)
+                if leader is not None:
+                    by_leader.setdefault(leader, []).append(topic_partition)
+            answers = await asyncio.gather(
+                *(self._list_offsets(leader, tps, timestamp) for leader, tps in by_leader.items())
+            )
+            for answer in answers:
+                found.update(answer)
+            wanted = {
+                topic_partition
+                for topic_partition in wanted - found.keys()
+                if topic_partition in leaders  # not a deleted topic
+            }
+            if not wanted or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(_RETRY_BACKOFF_S)
+        return found
+
+    # -- coordinators
+
+    async def _coordinator(self, group_id: str) -> Broker:
+        cached = self._coordinators.get(group_id)
+        if cached is not None:
+            return cached
+        body = {"key": group_id, "key_type": 0, "coordinator_keys": [group_id]}
+        version, response = await self._any_broker(_FIND_COORDINATOR, body)
+        answer = response.coordinators[0] if version >= _BATCHED_FIND_COORDINATOR else response
+        code = int(answer.error_code)
+        if code in _COORDINATOR_ERRORS:
+            raise _CoordinatorMoved(f"FindCoordinator answered {error_name(code)}")
+        if code != ErrorCode.none:
+            message = f": {answer.error_message}" if answer.error_message else ""
+            raise GroupsError(f"FindCoordinator of group {group_id!r}: {error_name(code)}{message}")
+        coordinator = (int(answer.node_id), (str(answer.host), int(answer.port)))
+        self._coordinators[group_id] = coordinator
+        return coordinator
+
+    async def _ask_coordinator(
+        self,
+        group_id: str,
+        api: _Api,
+        body: Mapping[str, Any],
+        error_of: Callable[[int, Any], int],
+    ) -> tuple[int, int, Any]:
+        """Node, version and response of a request to the group's coordinator, found
+        again while coordinators move or load (bounded by ``retry_timeout``)."""
+        deadline = self._deadline()
+        while True:
+            try:
+                node, address = await self._coordinator(group_id)
+                try:
+                    version, response = await self._request(address, api, body)
+                except (KafkaConnectionError, TimeoutError) as error:
+                    raise _CoordinatorMoved(f"broker {node}: {_reason(error, address)}") from None
+                code = error_of(version, response)
+                if code not in _COORDINATOR_ERRORS:
+                    return node, version, response
+                raise _CoordinatorMoved(f"broker {node} answered {error_name(code)}")
+            except _CoordinatorMoved as moved:
+                self._coordinators.pop(group_id, None)
+                if asyncio.get_running_loop().time() > deadline:
+                    raise GroupsError(
+                        f"no coordinator of group {group_id!r} answered {api.name} within "
+                        f"{self._retry_timeout:g} s (last: {moved})"
+                    ) from None
+            await asyncio.sleep(_RETRY_BACKOFF_S)
+
+    async def _listed_on(self, broker: Broker) -> list[str]:
+        """The ids of the groups ``broker`` coordinates (waits while it loads them)."""
+        node, address = broker
+        deadline = self._deadline()
+        while True:
+            try:
+                _, response = await self._request(address, _LIST_GROUPS, {})
+            except (KafkaConnectionError, TimeoutError) as error:
+                reason = _reason(error, address)
+                raise GroupsError(f"ListGroups to broker {node}: {reason}") from None
+            code = int(response.error_code)
+            if code == ErrorCode.none:
+                return [str(group.group_id) for group in response.groups]
+            if code != ErrorCode.coordinator_load_in_progress:
+                raise GroupsError(f"ListGroups to broker {node}: {error_name(code)}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise GroupsError(
+                    f"broker {node} was still loading its groups after {self._retry_timeout:g} s"
+                )
+            await asyncio.sleep(_RETRY_BACKOFF_S)
+
+    # -- partition leaders
+
+    async def _metadata(self, topics: Sequence[str]) -> Any:
+        """Metadata of ``topics`` (none if empty); remembers the live brokers it lists, to
+        ask when the bootstrap brokers do not answer."""
+        _, response = await self._any_broker(_METADATA, _metadata_body(topics))
+        self._brokers = dict(_brokers(response))
+        return response
+
+    async def _leaders(self, topics: Sequence[str]) -> dict[TopicPartition, Broker | None]:
+        """Each partition's leader (None while it has none); deleted topics are absent."""
+        response = await self._metadata(topics)
+        brokers = dict(_brokers(response))
+        return {
+            (str(topic.name), int(partition.partition_index)): (
+                (int(partition.leader_id), brokers[partition.leader_id])
+                if partition.leader_id in brokers
+                else None
+            )
+            for topic in response.topics
+            if topic.error_code != ErrorCode.unknown_topic_or_partition
+            for partition in topic.partitions
+        }
+
+    async def _list_offsets(
+        self, leader: Broker, partitions: Sequence[TopicPartition], timestamp: int
+    ) -> dict[TopicPartition, int]:
+        """The offsets one leader answers; failed partitions are left out (tried again)."""
+        node, address = leader
+        by_topic: dict[str, list[int]] = {}
+        for topic, partition in partitions:
+            by_topic.setdefault(topic, []).append(partition)
+        body = {
+            "replica_id": -1,
+            "isolation_level": 0,
+            "topics": [
+                {
+                    "name": topic,
+                    "partitions": [{"partition_index": p, "timestamp": timestamp} for p in indexes],
+                }
+                for topic, indexes in by_topic.items()
+            ],
+        }
+        try:
+            _, response = await self._request(address, _LIST_OFFSETS, body)
+        except (KafkaConnectionError, TimeoutError):
+            return {}
+        offsets = {}
+        for topic in response.topics:
+            for answer in topic.partitions:
+                code = int(answer.error_code)
+                if code == ErrorCode.none:
+                    offsets[(str(topic.name), int(answer.partition_index))] = int(answer.offset)
+                elif code not in _LEADER_ERRORS:
+                    raise GroupsError(
+                        f"ListOffsets of {topic.name}-{answer.partition_index} on broker "
+                        f"{node}: {error_name(code)}"
+                    )
+        return offsets
+
+    # -- requests
+
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self._retry_timeout
+
+    def _client(self, address: Address) -> KafkaClient:
+        client = self._clients.get(address)
+        if client is None:
+            client = self._clients[address] = self._connect(*address, self._client_id)
+        return client
+
+    def _addresses(self) -> list[Address]:
+        """Bootstrap brokers first, then the others learnt since."""
+        known = [a for _, a in sorted(self._brokers.items()) if a not in self._bootstrap]
+        return [*self._bootstrap, *known]
+
+    async def _any_broker(self, api: _Api, body: Mapping[str, Any]) -> tuple[int, Any]:
+        """Version and response from the first broker that answers."""
+        failures = []
+        for address in self._addresses():
+            try:
+                return await self._request(address, api, body)
+            except (KafkaConnectionError, TimeoutError) as error:
+                failures.append(_reason(error, address))
+        raise BrokersUnreachable(f"no broker answered {api.name}: {'; '.join(failures)}")
+
+    async def _request(
+        self, address: Address, api: _Api, body: Mapping[str, Any]
+    ) -> tuple[int, Any]:
+        version = await self._version(api)
+        client = self._client(address)
+        try:
+            response = await client.request(api.key, version, body, timeout=self._request_timeout)
+        except KafkaProtocolError as error:
+            raise GroupsError(
+                f"{format_address(*address)} answered {api.name} v{version}: {error}"
+            ) from None
+        return version, response
+
+    async def _version(self, api: _Api) -> int:
+        """The highest version of ``api`` both sides speak."""
+        if api is _API_VERSIONS:
+            return 0
+        if self._versions is None:
+            _, response = await self._any_broker(_API_VERSIONS, {})
+            if response.error_code != ErrorCode.none:
+                raise GroupsError(f"ApiVersions: {error_name(response.error_code)}")
+            self._versions = {
+                int(key.api_key): (int(key.min_version), int(key.max_version))
+                for key in response.api_keys
+            }
+        offered = self._versions.get(api.key)
+        if offered is None:
+            raise GroupsError(f"the brokers do not implement {api.name} (API key {api.key})")
+        version = min(offered[1], api.highest)
+        if version < max(offered[0], api.lowest):
+            raise GroupsError(
+                f"the brokers offer {api.name} versions {offered[0]}-{offered[1]}; "
+                f"this tool speaks {api.lowest}-{api.highest}"
+            )
+        return version
+
+
+def _brokers(metadata: Any) -> list[Broker]:
+    """The brokers a Metadata response lists, by node id."""
+    return sorted(
+        (int(broker.node_id), (str(broker.host), int(broker.port))) for broker in metadata.brokers
+    )
+
+
+def _metadata_body(topics: Sequence[str]) -> dict[str, Any]:
+    return {
+        "topics": [{"name": topic} for topic in topics],
+        "allow_auto_topic_creation": False,
+        "include_cluster_authorized_operations": False,
+        "include_topic_authorized_operations": False,
+    }
+
+
+def _reason(error: Exception, address: Address) -> str:
+    """What went wrong with a request to ``address``; a timeout says nothing by itself."""
+    if isinstance(error, KafkaConnectionError):
+        return str(error)  # names the address already
+    return f"no answer from {format_address(*address)} within the request timeout"
+
+
+def _offset_fetch_error(version: int, response: Any) -> int:
+    answer = response.groups[0] if version >= _BATCHED_OFFSET_FETCH else response
+    return int(answer.error_code)
