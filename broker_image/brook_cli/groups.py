@@ -30,17 +30,23 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from brook_broker.protocol.client import KafkaClient, KafkaConnectionError, KafkaProtocolError
+from brook_broker.protocol.client import KafkaClient, KafkaConnectionError
+from brook_broker.protocol.cluster_client import (
+    RETRY_BACKOFF_S,
+    Address,
+    Api,
+    Broker,
+    ClusterClient,
+    KafkaRequestError,
+    deadline_in,
+    error_name,
+    failure_reason,
+    metadata_brokers,
+)
 from kio.schema.consumer_protocol_assignment.v3.data import ConsumerProtocolAssignment
 from kio.schema.errors import ErrorCode
-from kio.schema.index import api_key_map
 from kio.serial import entity_reader
 
-from .local import format_address
-
-Address = tuple[str, int]
-Broker = tuple[int, Address]
-"""A broker's node id and address."""
 TopicPartition = tuple[str, int]
 
 CONSUMER_PROTOCOL = "consumer"
@@ -51,7 +57,6 @@ DEAD = "Dead"
 
 _LATEST = -1
 _EARLIEST = -2
-_RETRY_BACKOFF_S = 0.25
 
 _COORDINATOR_ERRORS = frozenset(
     {
@@ -76,26 +81,11 @@ _LEADER_ERRORS = frozenset(
 """ListOffsets answers after which the partition's leader is looked up again."""
 
 
-@dataclass(frozen=True)
-class _Api:
-    """An API this reader sends, with the versions whose requests it knows how to build."""
-
-    key: int
-    lowest: int
-    highest: int
-
-    @property
-    def name(self) -> str:
-        return "".join(word.title() for word in api_key_map[self.key].split("_"))
-
-
-_LIST_OFFSETS = _Api(2, 1, 7)
-_METADATA = _Api(3, 1, 12)
-_OFFSET_FETCH = _Api(9, 2, 9)  # 2 is the first that fetches every partition (topics null)
-_FIND_COORDINATOR = _Api(10, 1, 4)
-_DESCRIBE_GROUPS = _Api(15, 0, 5)
-_LIST_GROUPS = _Api(16, 0, 4)
-_API_VERSIONS = _Api(18, 0, 0)
+_LIST_OFFSETS = Api(2, 1, 7)
+_OFFSET_FETCH = Api(9, 2, 9)  # 2 is the first that fetches every partition (topics null)
+_FIND_COORDINATOR = Api(10, 1, 4)
+_DESCRIBE_GROUPS = Api(15, 0, 5)
+_LIST_GROUPS = Api(16, 0, 4)
 
 _BATCHED_OFFSET_FETCH = 8
 _BATCHED_FIND_COORDINATOR = 4
@@ -157,12 +147,8 @@ class GroupLag:
         return sum(row.lag for row in self.partitions if row.lag is not None)
 
 
-class GroupsError(Exception):
+class GroupsError(KafkaRequestError):
     """A question about groups could not be answered; the message says why."""
-
-
-class BrokersUnreachable(GroupsError):
-    """No broker of the bootstrap list (nor any other known one) could be reached."""
 
 
 class GroupNotFound(GroupsError):
@@ -170,28 +156,6 @@ class GroupNotFound(GroupsError):
 
 
 # --- pure parts --------------------------------------------------------------------------
-
-
-def error_name(code: int) -> str:
-    """Kafka's name of an error code, e.g. NOT_COORDINATOR."""
-    try:
-        return ErrorCode(code).name.upper()
-    except ValueError:
-        return f"error code {code}"
-
-
-def parse_bootstrap(text: str) -> list[Address]:
-    """``HOST:PORT[,HOST:PORT...]``, IPv6 hosts in brackets; ValueError says what is wrong."""
-    addresses = []
-    for item in text.split(","):
-        item = item.strip()
-        host, separator, port = item.rpartition(":")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"expected HOST:PORT in the bootstrap list, got {item!r}")
-        addresses.append((host, int(port)))
-    return addresses
 
 
 def partition_lag(
@@ -324,17 +288,11 @@ class GroupReader:
         retry_timeout: float = 15.0,
         connect: Callable[[str, int, str], KafkaClient] = KafkaClient,
     ) -> None:
-        self._bootstrap = parse_bootstrap(bootstrap) if isinstance(bootstrap, str) else [*bootstrap]
-        if not self._bootstrap:
-            raise ValueError("the bootstrap list is empty")
-        self._client_id = client_id
-        self._request_timeout = request_timeout
+        self._cluster = ClusterClient(
+            bootstrap, client_id=client_id, request_timeout=request_timeout, connect=connect
+        )
         self._retry_timeout = retry_timeout
-        self._connect = connect
-        self._clients: dict[Address, KafkaClient] = {}
-        self._brokers: dict[int, Address] = {}
         self._coordinators: dict[str, Broker] = {}
-        self._versions: dict[int, tuple[int, int]] | None = None
 
     async def __aenter__(self) -> GroupReader:
         return self
@@ -343,16 +301,14 @@ class GroupReader:
         await self.close()
 
     async def close(self) -> None:
-        clients, self._clients = self._clients, {}
-        for client in clients.values():
-            await client.close()
+        await self._cluster.close()
 
     # -- what callers ask
 
     async def list_groups(self) -> list[GroupDescription]:
         """Every group any broker coordinates (ListGroups to each broker), each described
         by its coordinator; sorted by group id."""
-        brokers = _brokers(await self._metadata([]))
+        brokers = metadata_brokers(await self._cluster.metadata([]))
         listed = await asyncio.gather(*(self._listed_on(broker) for broker in brokers))
         group_ids = sorted({group_id for groups in listed for group_id in groups})
         return list(await asyncio.gather(*(self.describe_group(g) for g in group_ids)))
@@ -457,7 +413,7 @@ class GroupReader:
             }
             if not wanted or asyncio.get_running_loop().time() > deadline:
                 break
-            await asyncio.sleep(_RETRY_BACKOFF_S)
+            await asyncio.sleep(RETRY_BACKOFF_S)
         return found
 
     # -- coordinators
@@ -467,7 +423,7 @@ class GroupReader:
         if cached is not None:
             return cached
         body = {"key": group_id, "key_type": 0, "coordinator_keys": [group_id]}
-        version, response = await self._any_broker(_FIND_COORDINATOR, body)
+        version, response = await self._cluster.any_broker(_FIND_COORDINATOR, body)
         answer = response.coordinators[0] if version >= _BATCHED_FIND_COORDINATOR else response
         code = int(answer.error_code)
         if code in _COORDINATOR_ERRORS:
@@ -482,7 +438,7 @@ class GroupReader:
     async def _ask_coordinator(
         self,
         group_id: str,
-        api: _Api,
+        api: Api,
         body: Mapping[str, Any],
         error_of: Callable[[int, Any], int],
     ) -> tuple[int, int, Any]:
@@ -493,9 +449,10 @@ class GroupReader:
             try:
                 node, address = await self._coordinator(group_id)
                 try:
-                    version, response = await self._request(address, api, body)
+                    version, response = await self._cluster.request(address, api, body)
                 except (KafkaConnectionError, TimeoutError) as error:
-                    raise _CoordinatorMoved(f"broker {node}: {_reason(error, address)}") from None
+                    reason = failure_reason(error, address)
+                    raise _CoordinatorMoved(f"broker {node}: {reason}") from None
                 code = error_of(version, response)
                 if code not in _COORDINATOR_ERRORS:
                     return node, version, response
@@ -507,7 +464,7 @@ class GroupReader:
                         f"no coordinator of group {group_id!r} answered {api.name} within "
                         f"{self._retry_timeout:g} s (last: {moved})"
                     ) from None
-            await asyncio.sleep(_RETRY_BACKOFF_S)
+            await asyncio.sleep(RETRY_BACKOFF_S)
 
     async def _listed_on(self, broker: Broker) -> list[str]:
         """The ids of the groups ``broker`` coordinates (waits while it loads them)."""
@@ -515,9 +472,9 @@ class GroupReader:
         deadline = self._deadline()
         while True:
             try:
-                _, response = await self._request(address, _LIST_GROUPS, {})
+                _, response = await self._cluster.request(address, _LIST_GROUPS, {})
             except (KafkaConnectionError, TimeoutError) as error:
-                reason = _reason(error, address)
+                reason = failure_reason(error, address)
                 raise GroupsError(f"ListGroups to broker {node}: {reason}") from None
             code = int(response.error_code)
             if code == ErrorCode.none:
@@ -528,21 +485,14 @@ class GroupReader:
                 raise GroupsError(
                     f"broker {node} was still loading its groups after {self._retry_timeout:g} s"
                 )
-            await asyncio.sleep(_RETRY_BACKOFF_S)
+            await asyncio.sleep(RETRY_BACKOFF_S)
 
     # -- partition leaders
 
-    async def _metadata(self, topics: Sequence[str]) -> Any:
-        """Metadata of ``topics`` (none if empty); remembers the live brokers it lists, to
-        ask when the bootstrap brokers do not answer."""
-        _, response = await self._any_broker(_METADATA, _metadata_body(topics))
-        self._brokers = dict(_brokers(response))
-        return response
-
     async def _leaders(self, topics: Sequence[str]) -> dict[TopicPartition, Broker | None]:
         """Each partition's leader (None while it has none); deleted topics are absent."""
-        response = await self._metadata(topics)
-        brokers = dict(_brokers(response))
+        response = await self._cluster.metadata(topics)
+        brokers = dict(metadata_brokers(response))
         return {
             (str(topic.name), int(partition.partition_index)): (
                 (int(partition.leader_id), brokers[partition.leader_id])
@@ -574,7 +524,7 @@ class GroupReader:
             ],
         }
         try:
-            _, response = await self._request(address, _LIST_OFFSETS, body)
+            _, response = await self._cluster.request(address, _LIST_OFFSETS, body)
         except (KafkaConnectionError, TimeoutError):
             return {}
         offsets = {}
@@ -590,90 +540,8 @@ class GroupReader:
                     )
         return offsets
 
-    # -- requests
-
     def _deadline(self) -> float:
-        return asyncio.get_running_loop().time() + self._retry_timeout
-
-    def _client(self, address: Address) -> KafkaClient:
-        client = self._clients.get(address)
-        if client is None:
-            client = self._clients[address] = self._connect(*address, self._client_id)
-        return client
-
-    def _addresses(self) -> list[Address]:
-        """Bootstrap brokers first, then the others learnt since."""
-        known = [a for _, a in sorted(self._brokers.items()) if a not in self._bootstrap]
-        return [*self._bootstrap, *known]
-
-    async def _any_broker(self, api: _Api, body: Mapping[str, Any]) -> tuple[int, Any]:
-        """Version and response from the first broker that answers."""
-        failures = []
-        for address in self._addresses():
-            try:
-                return await self._request(address, api, body)
-            except (KafkaConnectionError, TimeoutError) as error:
-                failures.append(_reason(error, address))
-        raise BrokersUnreachable(f"no broker answered {api.name}: {'; '.join(failures)}")
-
-    async def _request(
-        self, address: Address, api: _Api, body: Mapping[str, Any]
-    ) -> tuple[int, Any]:
-        version = await self._version(api)
-        client = self._client(address)
-        try:
-            response = await client.request(api.key, version, body, timeout=self._request_timeout)
-        except KafkaProtocolError as error:
-            raise GroupsError(
-                f"{format_address(*address)} answered {api.name} v{version}: {error}"
-            ) from None
-        return version, response
-
-    async def _version(self, api: _Api) -> int:
-        """The highest version of ``api`` both sides speak."""
-        if api is _API_VERSIONS:
-            return 0
-        if self._versions is None:
-            _, response = await self._any_broker(_API_VERSIONS, {})
-            if response.error_code != ErrorCode.none:
-                raise GroupsError(f"ApiVersions: {error_name(response.error_code)}")
-            self._versions = {
-                int(key.api_key): (int(key.min_version), int(key.max_version))
-                for key in response.api_keys
-            }
-        offered = self._versions.get(api.key)
-        if offered is None:
-            raise GroupsError(f"the brokers do not implement {api.name} (API key {api.key})")
-        version = min(offered[1], api.highest)
-        if version < max(offered[0], api.lowest):
-            raise GroupsError(
-                f"the brokers offer {api.name} versions {offered[0]}-{offered[1]}; "
-                f"this tool speaks {api.lowest}-{api.highest}"
-            )
-        return version
-
-
-def _brokers(metadata: Any) -> list[Broker]:
-    """The brokers a Metadata response lists, by node id."""
-    return sorted(
-        (int(broker.node_id), (str(broker.host), int(broker.port))) for broker in metadata.brokers
-    )
-
-
-def _metadata_body(topics: Sequence[str]) -> dict[str, Any]:
-    return {
-        "topics": [{"name": topic} for topic in topics],
-        "allow_auto_topic_creation": False,
-        "include_cluster_authorized_operations": False,
-        "include_topic_authorized_operations": False,
-    }
-
-
-def _reason(error: Exception, address: Address) -> str:
-    """What went wrong with a request to ``address``; a timeout says nothing by itself."""
-    if isinstance(error, KafkaConnectionError):
-        return str(error)  # names the address already
-    return f"no answer from {format_address(*address)} within the request timeout"
+        return deadline_in(self._retry_timeout)
 
 
 def _offset_fetch_error(version: int, response: Any) -> int:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from brook_broker.protocol.cluster_client import format_address
+
 HTTP_PORT_OFFSET = 1000
 """A broker's HTTP port is its Kafka port plus this offset (9092 -> 10092)."""
 
@@ -35,11 +37,6 @@ CONTROLLER_PORT_OFFSET = 2000
 
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 _PR_SET_PDEATHSIG = 1
-
-
-def format_address(host: str, port: int) -> str:
-    """``HOST:PORT``, with brackets around an IPv6 host."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def reachable_host(host: str) -> str:

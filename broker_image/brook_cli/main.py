@@ -18,13 +18,13 @@ from importlib import metadata
 from pathlib import Path
 from types import FrameType
 
+from brook_broker.protocol.cluster_client import KafkaRequestError, parse_bootstrap
+
 from .groups import (
     GroupDescription,
     GroupLag,
     GroupReader,
-    GroupsError,
     OffsetReset,
-    parse_bootstrap,
 )
 from .local import (
     CONTROLLER_PORT_OFFSET,
@@ -352,7 +352,7 @@ async def _groups(options: argparse.Namespace) -> str:
 def groups(options: argparse.Namespace) -> int:
     try:
         output = asyncio.run(_groups(options))
-    except GroupsError as error:
+    except KafkaRequestError as error:
         _say(str(error))
         return 1
     except KeyboardInterrupt:

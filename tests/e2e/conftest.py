@@ -1,14 +1,18 @@
-"""End-to-end tests need a Docker engine and kind; without them the suite is skipped,
-with one line saying why."""
+"""End-to-end tests need a Docker engine, kind and helm; without them the suite is
+skipped, with one line saying why. With them, one kind cluster serves the session: both
+images built and loaded, the Helm chart installed."""
 
 from __future__ import annotations
 
 import functools
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.e2e import kind
 
 E2E_DIRECTORY = Path(__file__).parent
 _SKIPPED = pytest.StashKey[tuple[int, str]]()
@@ -25,6 +29,8 @@ def missing_requirement() -> str | None:
         return "no Docker engine is reachable (docker info failed)"
     if shutil.which("kind") is None:
         return "kind is not installed"
+    if shutil.which("helm") is None:
+        return "helm is not installed (scripts/setup.sh installs it)"
     return None
 
 
@@ -47,3 +53,26 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if skipped is not None:
         count, reason = skipped
         terminalreporter.write_line(f"e2e: skipped {count} tests: {reason}")
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A new kind cluster with Brook's images loaded and its chart installed."""
+    path = tmp_path_factory.mktemp("kind") / "kubeconfig"
+    kind.build_images()
+    try:
+        kind.create_cluster(path)
+        kind.install_chart(path)
+        yield path
+    finally:
+        kind.delete_cluster()
+
+
+@pytest.fixture(scope="module")
+def cluster(kubeconfig: Path) -> Iterator[kind.Cluster]:
+    """The cluster's API, in a namespace of its own that goes away afterwards."""
+    connected = kind.Cluster.connect(kubeconfig)
+    try:
+        yield connected
+    finally:
+        connected.close()

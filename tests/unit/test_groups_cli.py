@@ -11,8 +11,12 @@ from typing import Any
 import pytest
 from brook_broker.protocol import codec
 from brook_broker.protocol.client import KafkaConnectionError
-from brook_cli.groups import (
+from brook_broker.protocol.cluster_client import (
     BrokersUnreachable,
+    KafkaRequestError,
+    parse_bootstrap,
+)
+from brook_cli.groups import (
     GroupDescription,
     GroupLag,
     GroupMember,
@@ -23,7 +27,6 @@ from brook_cli.groups import (
     PartitionLag,
     decode_assignment,
     lag_rows,
-    parse_bootstrap,
     partition_lag,
 )
 from brook_cli.main import format_group_lag, format_group_list, parse_arguments
@@ -531,7 +534,9 @@ async def test_unreachable_bootstrap() -> None:
 async def test_brokers_without_group_apis() -> None:
     versions = {key: span for key, span in NEW_VERSIONS.items() if key not in (9, 15, 16)}
     async with reader(healthy_cluster(versions)) as groups:
-        with pytest.raises(GroupsError, match=r"do not implement DescribeGroups \(API key 15\)"):
+        with pytest.raises(
+            KafkaRequestError, match=r"do not implement DescribeGroups \(API key 15\)"
+        ):
             await groups.group_lag("payments")
 
 

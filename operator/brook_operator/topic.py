@@ -1,0 +1,281 @@
+"""Kopf handlers of Topic resources: the topic in the cluster of the Broker the resource
+names, brought to the spec with Kafka admin requests.
+
+Creating, changing or resuming a Topic reconciles it at once; a timer reconciles it
+again every ``RECONCILE_INTERVAL_S`` seconds, which puts back what was changed out of
+band (configs, partitions added with other tools are kept since they cannot go) and
+refreshes the status. What to do is decided by :func:`topic_plan.plan_topic`; each action
+and each refusal is an Event. Deleting the resource deletes the topic unless
+``deletionPolicy`` is ``Retain`` (Kopf's finalizer holds the resource until then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from brook_broker.protocol.cluster_client import KafkaRequestError
+from kio.schema.errors import ErrorCode
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from . import metrics
+from .broker_resources import GROUP, VERSION, bootstrap
+from .kafka_admin import KafkaAdmin, KafkaAdminError, TopicDescription
+from .topic_plan import (
+    RECONCILING,
+    RETAIN,
+    Action,
+    AlterConfigs,
+    CreateTopic,
+    Finding,
+    GrowPartitions,
+    ObservedTopic,
+    Reassign,
+    TopicPlan,
+    TopicSpec,
+    conditions,
+    describe_action,
+    partitions_status,
+    plan_topic,
+    ready_finding,
+)
+
+PLURAL = "topics"
+KIND = "Topic"
+BROKER_PLURAL = "brokers"
+RECONCILE_INTERVAL_S = 10.0
+CLUSTER_NOT_FOUND = "ClusterNotFound"
+CLUSTER_UNAVAILABLE = "ClusterUnavailable"
+ADMIN_REQUEST_FAILED = "AdminRequestFailed"
+
+_EVENT_REASONS: Mapping[type, str] = {
+    CreateTopic: "TopicCreated",
+    GrowPartitions: "PartitionsGrown",
+    AlterConfigs: "ConfigsChanged",
+    Reassign: "ReassignmentStarted",
+}
+
+
+@dataclass
+class _State:
+    """What the operator keeps per Topic between handler calls (in Kopf's memo)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_event: str | None = None
+    reassigning: bool = False
+
+
+def _state(memo: kopf.Memo) -> _State:
+    if "topic" not in memo:
+        memo.topic = _State()
+    state: _State = memo.topic
+    return state
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def reconcile(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    name: str,
+    namespace: str,
+    memo: kopf.Memo,
+    patch: kopf.Patch,
+    **_: Any,
+) -> None:
+    await _reconcile(body, spec, status, meta, name, namespace, _state(memo), patch)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL_S, initial_delay=1.0)
+async def reconcile_again(
+    body: kopf.Body,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    name: str,
+    namespace: str,
+    memo: kopf.Memo,
+    patch: kopf.Patch,
+    **_: Any,
+) -> None:
+    if meta.get("deletionTimestamp"):
+        return
+    await _reconcile(body, spec, status, meta, name, namespace, _state(memo), patch)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def delete_topic(
+    body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, memo: kopf.Memo, **_: Any
+) -> None:
+    topic = TopicSpec.from_resource(name, spec)
+    if topic.deletion_policy == RETAIN:
+        kopf.info(body, reason="TopicRetained", message=f"topic {topic.topic_name!r} is kept")
+        return
+    if await _read_broker(namespace, topic.cluster) is None:
+        # No cluster, no topic: nothing holds the resource back.
+        return
+    async with _state(memo).lock, KafkaAdmin(bootstrap(topic.cluster, namespace)) as admin:
+        try:
+            await admin.delete_topic(topic.topic_name)
+        except KafkaAdminError as error:
+            if error.code != ErrorCode.unknown_topic_or_partition:
+                raise kopf.TemporaryError(str(error), delay=RECONCILE_INTERVAL_S) from None
+        except KafkaRequestError as error:
+            raise kopf.TemporaryError(str(error), delay=RECONCILE_INTERVAL_S) from None
+    metrics.TOPIC_ACTIONS.labels("delete").inc()
+    kopf.info(body, reason="TopicDeleted", message=f"topic {topic.topic_name!r} deleted")
+
+
+# --- reconciliation ----------------------------------------------------------------------
+
+
+async def _reconcile(
+    body: kopf.Body,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    name: str,
+    namespace: str,
+    state: _State,
+    patch: kopf.Patch,
+) -> None:
+    topic = TopicSpec.from_resource(name, spec)
+    previous = list(status.get("conditions") or [])
+    patch.status["topicName"] = topic.topic_name
+    patch.status["observedGeneration"] = meta.get("generation")
+    async with state.lock:
+        broker = await _read_broker(namespace, topic.cluster)
+        if broker is None:
+            finding = Finding(
+                CLUSTER_NOT_FOUND,
+                f"no Broker {topic.cluster!r} in namespace {namespace!r}",
+            )
+            _conclude(body, state, patch, previous, False, finding, (), "failed")
+            return
+        cluster_size = int((broker.get("spec") or {}).get("replicas", 3))
+        try:
+            async with KafkaAdmin(bootstrap(topic.cluster, namespace)) as admin:
+                plan, observed, applied = await _apply(body, state, admin, topic, cluster_size)
+        except KafkaAdminError as error:
+            finding = Finding(ADMIN_REQUEST_FAILED, str(error))
+            _conclude(body, state, patch, previous, False, finding, (), "failed")
+            return
+        except KafkaRequestError as error:
+            finding = Finding(CLUSTER_UNAVAILABLE, str(error))
+            _conclude(body, state, patch, previous, False, finding, (), "failed")
+            return
+    if observed is not None:
+        patch.status["topicId"] = observed.topic_id
+        patch.status["partitions"] = partitions_status(observed)
+        patch.status["underReplicatedPartitions"] = sum(
+            p.under_replicated for p in observed.partitions
+        )
+    ready, finding = ready_finding(topic, plan)
+    outcome = "refused" if plan.refused else "applied" if applied else "unchanged"
+    _conclude(body, state, patch, previous, ready, finding, plan.warnings, outcome)
+
+
+async def _apply(
+    body: kopf.Body, state: _State, admin: KafkaAdmin, topic: TopicSpec, cluster_size: int
+) -> tuple[TopicPlan, TopicDescription | None, bool]:
+    """Plan, apply the plan's actions, and plan again on what the cluster then says (the
+    plan that the status reports); whether actions were applied."""
+    plan, observed = await observe_and_plan(admin, topic, cluster_size)
+    applied = bool(plan.actions)
+    if applied:
+        for action in plan.actions:
+            await run_action(admin, topic.topic_name, action)
+            metrics.TOPIC_ACTIONS.labels(type(action).__name__).inc()
+            kopf.info(body, reason=_EVENT_REASONS[type(action)], message=describe_action(action))
+        state.reassigning = state.reassigning or any(
+            isinstance(action, Reassign) for action in plan.actions
+        )
+        plan, observed = await observe_and_plan(admin, topic, cluster_size)
+    if state.reassigning and not plan.reassigning:
+        kopf.info(
+            body,
+            reason="ReassignmentFinished",
+            message=f"topic {topic.topic_name!r} has replication factor {topic.replication_factor}",
+        )
+    state.reassigning = bool(plan.reassigning)
+    return plan, observed, applied
+
+
+async def observe_and_plan(
+    admin: KafkaAdmin, topic: TopicSpec, cluster_size: int | None = None
+) -> tuple[TopicPlan, TopicDescription | None]:
+    """The plan for the topic as the cluster has it now, and what the cluster said."""
+    cluster = await admin.describe_cluster()
+    description = await admin.describe_topic(topic.topic_name)
+    observed = None
+    if description is not None:
+        configs = await admin.describe_topic_configs(topic.topic_name)
+        reassignments = await admin.list_partition_reassignments([topic.topic_name])
+        observed = ObservedTopic(
+            description,
+            overrides={k: c.value for k, c in configs.items() if c.override and c.value},
+            reassigning={p: r.adding for (_, p), r in reassignments.items()},
+        )
+    brokers = [broker.node_id for broker in cluster.brokers]
+    return plan_topic(topic, brokers, observed, cluster_size), description
+
+
+async def run_action(admin: KafkaAdmin, name: str, action: Action) -> None:
+    """One action of a plan, as the admin request that does it."""
+    if isinstance(action, CreateTopic):
+        await admin.create_topic(name, action.partitions, action.replication_factor, action.configs)
+    elif isinstance(action, GrowPartitions):
+        await admin.create_partitions(name, action.count)
+    elif isinstance(action, AlterConfigs):
+        await admin.alter_topic_configs(name, action.set_configs, action.delete_configs)
+    else:
+        await admin.alter_partition_reassignments(name, action.targets)
+
+
+def _conclude(
+    body: kopf.Body,
+    state: _State,
+    patch: kopf.Patch,
+    previous: list[Mapping[str, Any]],
+    ready: bool,
+    finding: Finding,
+    warnings: tuple[Finding, ...],
+    outcome: str,
+) -> None:
+    """Conditions into the status; an Event when the topic stops being ready for a new
+    reason (refused, cluster missing or unreachable), not again at every timer tick."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    patch.status["conditions"] = conditions(ready, finding, warnings, previous, now)
+    metrics.RECONCILIATIONS.labels(KIND, outcome).inc()
+    event = f"{finding.reason}: {finding.message}"
+    if not ready and finding.reason != RECONCILING and state.last_event != event:
+        kopf.warn(body, reason=finding.reason, message=finding.message)
+    state.last_event = None if ready else event
+
+
+async def _read_broker(namespace: str, name: str) -> dict[str, Any] | None:
+    """The Broker resource, or None if there is none of that name."""
+    try:
+        broker: dict[str, Any] = await asyncio.to_thread(
+            client.CustomObjectsApi().get_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            BROKER_PLURAL,
+            name,
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise kopf.TemporaryError(
+            f"reading Broker {name!r}: {error.status} {error.reason}", delay=5
+        ) from None
+    return broker

@@ -1,0 +1,404 @@
+"""What to do about one Topic resource, decided without I/O: from its spec, the brokers
+of its cluster and the topic as the cluster has it, either a refusal (nothing changes in
+the cluster; the condition says exactly why) or the admin actions that bring the topic
+to the spec, in order.
+
+The topic's config overrides are the spec's ``config`` plus ``min.insync.replicas`` from
+``minInsyncReplicas``, which the operator owns: any other override found on the topic
+was set out of band and is deleted. Replication-factor changes are reassignments; while
+one runs, nothing else but configs is changed, and ``min.insync.replicas`` is raised
+above the replicas a partition has only once its new replicas are there (acks=all
+writes would be refused meanwhile).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from brook_broker.metadata.errors import ApiError
+from brook_broker.metadata.topic_config import TOPIC_CONFIGS
+from brook_broker.metadata.topics import validate_topic_name
+
+from .kafka_admin import TopicDescription
+
+MIN_INSYNC_REPLICAS = "min.insync.replicas"
+DELETE, RETAIN = "Delete", "Retain"
+
+# Condition reasons.
+REPLICATION_FACTOR_TOO_LARGE = "ReplicationFactorTooLarge"
+MIN_ISR_ABOVE_REPLICATION_FACTOR = "MinIsrAboveReplicationFactor"
+PARTITIONS_CANNOT_SHRINK = "PartitionsCannotShrink"
+UNKNOWN_CONFIG = "UnknownConfig"
+INVALID_CONFIG = "InvalidConfig"
+INVALID_TOPIC_NAME = "InvalidTopicName"
+MIN_ISR_EQUALS_REPLICATION_FACTOR = "MinIsrEqualsReplicationFactor"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A Topic resource's spec with the CRD's defaults filled in."""
+
+    cluster: str
+    topic_name: str
+    partitions: int = 1
+    replication_factor: int = 3
+    min_insync_replicas: int = 2
+    config: Mapping[str, str] = field(default_factory=dict)
+    deletion_policy: str = DELETE
+
+    @classmethod
+    def from_resource(cls, name: str, spec: Mapping[str, Any]) -> TopicSpec:
+        return cls(
+            cluster=str(spec.get("cluster", "")),
+            topic_name=str(spec.get("topicName") or name),
+            partitions=int(spec.get("partitions", 1)),
+            replication_factor=int(spec.get("replicationFactor", 3)),
+            min_insync_replicas=int(spec.get("minInsyncReplicas", 2)),
+            config={str(k): str(v) for k, v in (spec.get("config") or {}).items()},
+            deletion_policy=str(spec.get("deletionPolicy", DELETE)),
+        )
+
+
+@dataclass(frozen=True)
+class ObservedTopic:
+    """The topic as the cluster has it: partitions, config overrides, and the
+    partitions with a reassignment in progress with the replicas they are adding."""
+
+    description: TopicDescription
+    overrides: Mapping[str, str] = field(default_factory=dict)
+    reassigning: Mapping[int, Collection[int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CreateTopic:
+    partitions: int
+    replication_factor: int
+    configs: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class GrowPartitions:
+    current: int
+    count: int
+
+
+@dataclass(frozen=True)
+class AlterConfigs:
+    set_configs: Mapping[str, str]
+    delete_configs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Reassign:
+    """Move partitions to their target replicas to reach ``replication_factor``."""
+
+    replication_factor: int
+    targets: Mapping[int, tuple[int, ...]]
+
+
+Action = CreateTopic | GrowPartitions | AlterConfigs | Reassign
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A condition's reason and the message saying exactly why."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class TopicPlan:
+    refusals: tuple[Finding, ...] = ()
+    actions: tuple[Action, ...] = ()
+    warnings: tuple[Finding, ...] = ()
+    pending: tuple[str, ...] = ()
+    """What is still underway after the actions (reassignments), for the Ready message."""
+    reassigning: tuple[int, ...] = ()
+    """Partitions with a reassignment in progress."""
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.refusals)
+
+    @property
+    def settled(self) -> bool:
+        """The topic matches its spec: nothing to do, nothing underway, nothing refused."""
+        return not (self.refusals or self.actions or self.pending)
+
+
+def plan_topic(
+    spec: TopicSpec,
+    brokers: Sequence[int],
+    observed: ObservedTopic | None,
+    cluster_size: int | None = None,
+) -> TopicPlan:
+    """The plan for ``spec``. ``brokers`` are the live brokers' node ids; ``cluster_size``
+    is how many brokers the cluster is meant to have (default: the live ones), so that a
+    broker restarting does not turn a valid spec into a refused one."""
+    size = len(brokers) if cluster_size is None else max(cluster_size, len(brokers))
+    refusals, desired = _check(spec, size, observed)
+    warnings = ()
+    if spec.min_insync_replicas == spec.replication_factor:
+        warnings = (
+            Finding(
+                MIN_ISR_EQUALS_REPLICATION_FACTOR,
+                f"minInsyncReplicas {spec.min_insync_replicas} equals replicationFactor "
+                f"{spec.replication_factor}: with one broker of a partition down, acks=all "
+                "writes to it are refused",
+            ),
+        )
+    if refusals:
+        return TopicPlan(refusals=refusals, warnings=warnings)
+    if observed is None:
+        create = CreateTopic(spec.partitions, spec.replication_factor, desired)
+        if len(brokers) < spec.replication_factor:
+            waiting = _waiting_for_brokers(spec.replication_factor, brokers)
+            return TopicPlan(warnings=warnings, pending=(waiting,))
+        return TopicPlan(actions=(create,), warnings=warnings)
+    return _changes(spec, brokers, observed, desired, warnings)
+
+
+def _check(
+    spec: TopicSpec, cluster_size: int, observed: ObservedTopic | None
+) -> tuple[tuple[Finding, ...], dict[str, str]]:
+    """Every reason to refuse the spec, and the config overrides it asks for."""
+    refusals = []
+    try:
+        validate_topic_name(spec.topic_name)
+    except ApiError as error:
+        refusals.append(Finding(INVALID_TOPIC_NAME, error.message))
+    if spec.replication_factor > cluster_size:
+        refusals.append(
+            Finding(
+                REPLICATION_FACTOR_TOO_LARGE,
+                f"replicationFactor {spec.replication_factor} is more than the "
+                f"{cluster_size} brokers of cluster {spec.cluster!r}: each replica of a "
+                "partition needs its own broker",
+            )
+        )
+    if spec.min_insync_replicas > spec.replication_factor:
+        refusals.append(
+            Finding(
+                MIN_ISR_ABOVE_REPLICATION_FACTOR,
+                f"minInsyncReplicas {spec.min_insync_replicas} is more than "
+                f"replicationFactor {spec.replication_factor}: no acks=all write could "
+                "ever succeed",
+            )
+        )
+    if observed is not None and spec.partitions < len(observed.description.partitions):
+        refusals.append(
+            Finding(
+                PARTITIONS_CANNOT_SHRINK,
+                f"partitions {spec.partitions} is fewer than the "
+                f"{len(observed.description.partitions)} topic {spec.topic_name!r} has: "
+                "Kafka topics cannot lose partitions",
+            )
+        )
+    desired: dict[str, str] = {}
+    for name, value in sorted(spec.config.items()):
+        key = TOPIC_CONFIGS.get(name)
+        if key is None:
+            known = ", ".join(sorted(TOPIC_CONFIGS))
+            refusals.append(
+                Finding(UNKNOWN_CONFIG, f"unknown topic config {name!r} (known: {known})")
+            )
+        elif name == MIN_INSYNC_REPLICAS:
+            refusals.append(
+                Finding(
+                    INVALID_CONFIG,
+                    f"set {MIN_INSYNC_REPLICAS} with spec.minInsyncReplicas, not spec.config",
+                )
+            )
+        else:
+            try:
+                desired[name] = key.check(value)
+            except ApiError as error:
+                refusals.append(Finding(INVALID_CONFIG, error.message))
+    desired[MIN_INSYNC_REPLICAS] = str(spec.min_insync_replicas)
+    return tuple(refusals), desired
+
+
+def _changes(
+    spec: TopicSpec,
+    brokers: Sequence[int],
+    observed: ObservedTopic,
+    desired: dict[str, str],
+    warnings: tuple[Finding, ...],
+) -> TopicPlan:
+    topic = observed.description
+    actions: list[Action] = []
+    pending: list[str] = []
+    current_partitions = len(topic.partitions)
+    reassigning = sorted(observed.reassigning)
+    if reassigning:
+        pending.append(f"reassignment of partitions {', '.join(map(str, reassigning))} in progress")
+    elif spec.partitions > current_partitions:
+        actions.append(GrowPartitions(current_partitions, spec.partitions))
+
+    # Replicas a partition has for certain: raising min ISR above them waits for them.
+    adding = observed.reassigning
+    fewest_replicas = min(
+        (len(p.replicas) - len(adding.get(p.partition, ())) for p in topic.partitions), default=0
+    )
+    if spec.min_insync_replicas > fewest_replicas:
+        desired[MIN_INSYNC_REPLICAS] = str(max(1, fewest_replicas))
+        pending.append(
+            f"{MIN_INSYNC_REPLICAS} {spec.min_insync_replicas} waits for "
+            f"{spec.replication_factor} replicas of every partition"
+        )
+    set_configs = {k: v for k, v in desired.items() if observed.overrides.get(k) != v}
+    delete_configs = tuple(sorted(observed.overrides.keys() - desired.keys()))
+    if set_configs or delete_configs:
+        actions.append(AlterConfigs(set_configs, delete_configs))
+
+    if not reassigning:
+        targets = replica_targets(topic, spec.replication_factor, brokers)
+        if any(len(replicas) < spec.replication_factor for replicas in targets.values()):
+            pending.append(_waiting_for_brokers(spec.replication_factor, brokers))
+        elif targets:
+            actions.append(Reassign(spec.replication_factor, targets))
+    return TopicPlan(
+        actions=tuple(actions),
+        warnings=warnings,
+        pending=tuple(pending),
+        reassigning=tuple(reassigning),
+    )
+
+
+def replica_targets(
+    topic: TopicDescription, replication_factor: int, brokers: Sequence[int]
+) -> dict[int, tuple[int, ...]]:
+    """Target replicas of the partitions whose replica count is not ``replication_factor``.
+
+    A partition keeps the replicas it has, first one (its preferred leader) first. Added
+    replicas go to the live brokers holding the fewest replicas of the topic (the next
+    ones after the first replica among equals); removed ones come off the brokers
+    holding the most, never the first replica.
+    """
+    load = Counter({node: 0 for node in brokers})
+    for partition in topic.partitions:
+        load.update(partition.replicas)
+    targets = {}
+    for partition in topic.partitions:
+        replicas = list(partition.replicas)
+        if len(replicas) == replication_factor:
+            continue
+        while len(replicas) > replication_factor:
+            removable = replicas[1:] or replicas
+            # The most loaded; among equals, the one last in the list.
+            leaving = max(reversed(removable), key=lambda node: load[node])
+            replicas.remove(leaving)
+            load[leaving] -= 1
+        ring = sorted(brokers)
+        start = ring.index(replicas[0]) if replicas[0] in ring else partition.partition
+        # Among equally loaded brokers, the next ones after the first replica on the ring.
+        candidates = [
+            node
+            for node in ring[start % len(ring) :] + ring[: start % len(ring)]
+            if node not in replicas
+        ]
+        while len(replicas) < replication_factor and candidates:
+            joining = min(candidates, key=lambda node: load[node])
+            candidates.remove(joining)
+            replicas.append(joining)
+            load[joining] += 1
+        targets[partition.partition] = tuple(replicas)
+    return targets
+
+
+def _waiting_for_brokers(replication_factor: int, brokers: Sequence[int]) -> str:
+    return (
+        f"waiting for {replication_factor} live brokers to place the replicas on "
+        f"({len(brokers)} live now)"
+    )
+
+
+# --- status ------------------------------------------------------------------------------
+
+READY, WARNING = "Ready", "Warning"
+TOPIC_READY = "TopicReady"
+RECONCILING = "Reconciling"
+
+
+def partitions_status(topic: TopicDescription) -> list[dict[str, Any]]:
+    return [
+        {
+            "partition": p.partition,
+            "leader": p.leader,
+            "replicas": list(p.replicas),
+            "isr": list(p.isr),
+        }
+        for p in topic.partitions
+    ]
+
+
+def conditions(
+    ready: bool,
+    finding: Finding,
+    warnings: Sequence[Finding],
+    previous: Sequence[Mapping[str, Any]],
+    now: str,
+) -> list[dict[str, Any]]:
+    """The Ready condition (and the Warning one when there is a warning); a condition
+    keeps its lastTransitionTime while its status stays the same."""
+    before = {c.get("type"): c for c in previous}
+    wanted = [(READY, ready, finding)]
+    if warnings:
+        wanted.append(
+            (WARNING, True, Finding(warnings[0].reason, "; ".join(w.message for w in warnings)))
+        )
+    result = []
+    for kind, holds, found in wanted:
+        status = "True" if holds else "False"
+        old = before.get(kind, {})
+        since = old.get("lastTransitionTime") if old.get("status") == status else None
+        result.append(
+            {
+                "type": kind,
+                "status": status,
+                "reason": found.reason,
+                "message": found.message,
+                "lastTransitionTime": since or now,
+            }
+        )
+    return result
+
+
+def ready_finding(spec: TopicSpec, plan: TopicPlan) -> tuple[bool, Finding]:
+    """Whether the topic is Ready, with the reason and message of the Ready condition."""
+    if plan.refusals:
+        return False, Finding(
+            plan.refusals[0].reason,
+            "refused, nothing changed: " + "; ".join(r.message for r in plan.refusals),
+        )
+    if plan.actions or plan.pending:
+        underway = [*map(describe_action, plan.actions), *plan.pending]
+        return False, Finding(RECONCILING, "; ".join(underway))
+    return True, Finding(
+        TOPIC_READY,
+        f"topic {spec.topic_name!r} has {spec.partitions} partitions with "
+        f"{spec.replication_factor} replicas each, min.insync.replicas "
+        f"{spec.min_insync_replicas}",
+    )
+
+
+def describe_action(action: Action) -> str:
+    """What an action does, in the words of its Event."""
+    if isinstance(action, CreateTopic):
+        configs = ", ".join(f"{k}={v}" for k, v in sorted(action.configs.items()))
+        return (
+            f"create the topic with {action.partitions} partitions, replication factor "
+            f"{action.replication_factor} and configs {configs}"
+        )
+    if isinstance(action, GrowPartitions):
+        return f"grow partitions from {action.current} to {action.count}"
+    if isinstance(action, AlterConfigs):
+        changes = [f"set {k}={v}" for k, v in sorted(action.set_configs.items())]
+        changes += [f"delete {k}" for k in action.delete_configs]
+        return "configs: " + ", ".join(changes)
+    moves = ", ".join(f"{p}: {list(r)}" for p, r in sorted(action.targets.items()))
+    return f"reassign to replication factor {action.replication_factor} ({moves})"
