@@ -7,7 +7,9 @@ needs no recovery scan and no acknowledged record is lost.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 from .broker import Broker
 from .config import BrokerConfig, load_config
 from .logs import configure_logging
+from .rack import RackLookupError, node_rack
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"brook-broker: --log-level: {error}", file=sys.stderr)
         return 2
+    if config.rack is None:
+        try:
+            config = dataclasses.replace(config, rack=node_rack(os.environ))
+        except RackLookupError as error:
+            log.error("cannot learn this broker's rack", extra={"error": str(error)})
+            return 1
     try:
         asyncio.run(serve(config))
     except OSError as error:

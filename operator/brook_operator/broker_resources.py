@@ -1,0 +1,484 @@
+"""A Broker's Kubernetes objects, from its spec alone: no API calls, no owner references.
+
+The pod contract every broker relies on: the StatefulSet ordinal is the node id, the
+first ``min(replicas, 3)`` pods are the metadata quorum's voters (the others observe
+it), each pod advertises its stable DNS name under the headless Service, and broker
+settings arrive as ``BROOK_*`` variables from the ConfigMap. A change of those settings
+changes the pod template's ``brook.dev/config-hash`` annotation, which rolls the pods:
+a broker reads its settings once, at start.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from brook_broker.metadata.topic_config import (
+    BROKER_SETTINGS,
+    INT32,
+    INT64,
+    TOPIC_CONFIGS,
+    BrokerSetting,
+    ConfigType,
+)
+
+GROUP = "brook.dev"
+VERSION = "v1alpha1"
+KAFKA_PORT = 9092
+CONTROLLER_PORT = 9093
+HTTP_PORT = 9644
+DATA_DIR = "/var/lib/brook"
+MAX_VOTERS = 3
+"""Voters of the metadata quorum: three survive one loss; more only slow the quorum down."""
+RUN_AS = 10001
+DEFAULT_STORAGE = "10Gi"
+DEFAULT_TOPOLOGY_KEY = "topology.kubernetes.io/zone"
+HOSTNAME_KEY = "kubernetes.io/hostname"
+CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"
+
+OPERATOR_MANAGED = frozenset(
+    {"node.id", "broker.id", "log.dirs", "listeners", "advertised.listeners"}
+)
+"""Settings the operator gives each pod itself (from the pod's ordinal and DNS name)."""
+
+_SETTINGS: dict[str, BrokerSetting] = {setting.name: setting for setting in BROKER_SETTINGS}
+_TOPIC_KEYS = {key.broker.name: key for key in TOPIC_CONFIGS.values()}
+_BOUNDS = {ConfigType.INT: INT32, ConfigType.SHORT: (-(2**15), 2**15 - 1), ConfigType.LONG: INT64}
+
+
+class InvalidSpec(ValueError):
+    """A spec the operator refuses; ``reason`` is the Ready condition's reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class BrokerSpec:
+    """A Broker's spec with the CRD's defaults filled in (an API server without the
+    CRD's defaulting, or an older object, may leave them out)."""
+
+    replicas: int
+    image: str
+    storage_size: str = DEFAULT_STORAGE
+    storage_class: str | None = None
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    config: Mapping[str, str] = field(default_factory=dict)
+    rack_enabled: bool = False
+    topology_key: str = DEFAULT_TOPOLOGY_KEY
+    max_unavailable: int = 1
+
+    @classmethod
+    def parse(cls, spec: Mapping[str, Any], default_image: str) -> BrokerSpec:
+        storage = spec.get("storage") or {}
+        rack = spec.get("rack") or {}
+        budget = spec.get("podDisruptionBudget") or {}
+        parsed = cls(
+            replicas=spec.get("replicas", 3),
+            image=spec.get("image") or default_image,
+            storage_size=str(storage.get("size") or DEFAULT_STORAGE),
+            storage_class=storage.get("storageClassName") or None,
+            resources=dict(spec.get("resources") or {}),
+            config={str(k): str(v) for k, v in (spec.get("config") or {}).items()},
+            rack_enabled=bool(rack.get("enabled", False)),
+            topology_key=rack.get("topologyKey") or DEFAULT_TOPOLOGY_KEY,
+            max_unavailable=budget.get("maxUnavailable", 1),
+        )
+        for name, value in (
+            ("replicas", parsed.replicas),
+            ("maxUnavailable", parsed.max_unavailable),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidSpec("InvalidSpec", f"{name} must be a whole number, got {value!r}")
+        if parsed.replicas < 1:
+            raise InvalidSpec("InvalidSpec", "replicas must be at least 1")
+        return parsed
+
+
+# --- broker settings -------------------------------------------------------------------
+
+
+def broker_env(spec: BrokerSpec) -> dict[str, str]:
+    """``spec.config`` (Kafka names) as the broker's ``BROOK_*`` variables, values
+    normalized; every refused setting is named in one InvalidConfig message."""
+    problems: list[str] = []
+    env: dict[str, str] = {}
+    for name, value in sorted(spec.config.items()):
+        setting = _SETTINGS.get(name)
+        if setting is None:
+            problems.append(f"{name} is not a broker setting Brook knows")
+            continue
+        if name in OPERATOR_MANAGED:
+            problems.append(f"{name} is set by the operator for each broker")
+            continue
+        try:
+            normalized = _check(setting, value)
+        except ValueError as error:
+            problems.append(f"invalid value {value!r} for {name}: {error}")
+            continue
+        if setting.attribute is not None:
+            env["BROOK_" + setting.attribute.upper()] = normalized
+    factor = env.get("BROOK_DEFAULT_REPLICATION_FACTOR")
+    if factor is not None and int(factor) > spec.replicas:
+        problems.append(
+            f"default.replication.factor {factor} is above the {spec.replicas} brokers of "
+            "this cluster"
+        )
+    if problems:
+        raise InvalidSpec("InvalidConfig", "; ".join(problems))
+    return env
+
+
+def _check(setting: BrokerSetting, value: str) -> str:
+    """The value as the broker reads it; ValueError says what is wrong with it."""
+    key = _TOPIC_KEYS.get(setting.name)
+    normalized = key.normalize(value) if key is not None else _check_type(setting.type, value)
+    if setting.attribute is None and normalized != setting.constant:
+        raise ValueError(f"Brook supports only {setting.constant}")
+    return normalized
+
+
+def _check_type(kind: ConfigType, value: str) -> str:
+    text = value.strip()
+    if kind is ConfigType.BOOLEAN:
+        if text.lower() not in ("true", "false"):
+            raise ValueError("expected true or false")
+        return text.lower()
+    if kind in _BOUNDS:
+        high = _BOUNDS[kind][1]
+        try:
+            number = int(text)
+        except ValueError:
+            raise ValueError(f"not a number of type {kind.name}") from None
+        if not 1 <= number <= high:
+            raise ValueError(f"expected a number of type {kind.name}, at least 1")
+        return str(number)
+    return text
+
+
+# --- names and addresses ---------------------------------------------------------------
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "brook-broker", "app.kubernetes.io/instance": name}
+
+
+def labels(name: str) -> dict[str, str]:
+    return {
+        **selector_labels(name),
+        "app.kubernetes.io/managed-by": "brook-operator",
+        "app.kubernetes.io/component": "broker",
+    }
+
+
+def headless_service_name(name: str) -> str:
+    return f"{name}-brokers"
+
+
+def config_map_name(name: str) -> str:
+    return f"{name}-config"
+
+
+def bootstrap(name: str, namespace: str) -> str:
+    """The client Service's address: what clients (and the operator) connect to."""
+    return f"{name}.{namespace}.svc.cluster.local:{KAFKA_PORT}"
+
+
+def pod_host(name: str, namespace: str, ordinal: int) -> str:
+    return f"{name}-{ordinal}.{headless_service_name(name)}.{namespace}.svc.cluster.local"
+
+
+def controller_quorum(name: str, namespace: str, replicas: int) -> str:
+    return ",".join(
+        f"{ordinal}@{pod_host(name, namespace, ordinal)}:{CONTROLLER_PORT}"
+        for ordinal in range(min(replicas, MAX_VOTERS))
+    )
+
+
+def config_hash(env: Mapping[str, str]) -> str:
+    text = "\n".join(f"{key}={value}" for key, value in sorted(env.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --- the objects -----------------------------------------------------------------------
+
+
+def manifests(
+    name: str, namespace: str, spec: BrokerSpec, env: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """Every object of a Broker, in the order they are applied."""
+    return [
+        service_account(name, namespace),
+        config_map(name, namespace, env),
+        headless_service(name, namespace),
+        client_service(name, namespace),
+        stateful_set(name, namespace, spec, env),
+        pod_disruption_budget(name, namespace, spec),
+    ]
+
+
+def _metadata(name: str, namespace: str, broker: str) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": labels(broker)}
+
+
+def service_account(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(name, namespace, name),
+    }
+
+
+def config_map(name: str, namespace: str, env: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(config_map_name(name), namespace, name),
+        "data": dict(sorted(env.items())),
+    }
+
+
+def headless_service(name: str, namespace: str) -> dict[str, Any]:
+    """Gives each pod its DNS name, ready or not: brokers must find the quorum to start."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(headless_service_name(name), namespace, name),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(name),
+            "ports": [
+                _service_port("kafka", KAFKA_PORT),
+                _service_port("controller", CONTROLLER_PORT),
+                _service_port("http", HTTP_PORT),
+            ],
+        },
+    }
+
+
+def client_service(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(name, namespace, name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(name),
+            "ports": [_service_port("kafka", KAFKA_PORT)],
+        },
+    }
+
+
+def _service_port(port_name: str, port: int) -> dict[str, Any]:
+    return {"name": port_name, "port": port, "targetPort": port, "protocol": "TCP"}
+
+
+def pod_disruption_budget(name: str, namespace: str, spec: BrokerSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(name, namespace, name),
+        "spec": {
+            "maxUnavailable": spec.max_unavailable,
+            "selector": {"matchLabels": selector_labels(name)},
+        },
+    }
+
+
+def container_env(name: str, namespace: str, spec: BrokerSpec) -> list[dict[str, Any]]:
+    """The pod's own variables; each ``$(VAR)`` names a variable listed before it."""
+
+    def field_ref(variable: str, path: str) -> dict[str, Any]:
+        return {"name": variable, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+    env = [
+        field_ref("POD_NAME", "metadata.name"),
+        field_ref("POD_NAMESPACE", "metadata.namespace"),
+        field_ref("POD_IP", "status.podIP"),
+        {"name": "BROOK_LISTEN", "value": f"$(POD_IP):{KAFKA_PORT}"},
+        {"name": "BROOK_HTTP_LISTEN", "value": f"$(POD_IP):{HTTP_PORT}"},
+        {"name": "BROOK_CONTROLLER_LISTEN", "value": f"$(POD_IP):{CONTROLLER_PORT}"},
+        {
+            "name": "BROOK_ADVERTISED_LISTENER",
+            "value": f"$(POD_NAME).{headless_service_name(name)}.$(POD_NAMESPACE)"
+            f".svc.cluster.local:{KAFKA_PORT}",
+        },
+        {"name": "BROOK_DATA_DIR", "value": DATA_DIR},
+        {
+            "name": "BROOK_CONTROLLER_QUORUM",
+            "value": controller_quorum(name, namespace, spec.replicas),
+        },
+        {"name": "BROOK_CLUSTER_ID", "value": f"{namespace}.{name}"},
+    ]
+    if spec.rack_enabled:
+        env += [
+            field_ref("NODE_NAME", "spec.nodeName"),
+            {"name": "BROOK_RACK_TOPOLOGY_KEY", "value": spec.topology_key},
+        ]
+    return env
+
+
+def stateful_set(
+    name: str, namespace: str, spec: BrokerSpec, env: Mapping[str, str]
+) -> dict[str, Any]:
+    selector = selector_labels(name)
+    spread = [_spread(HOSTNAME_KEY, selector)]
+    if spec.rack_enabled:
+        spread.append(_spread(spec.topology_key, selector))
+    container: dict[str, Any] = {
+        "name": "broker",
+        "image": spec.image,
+        "command": ["sh", "-c", "export BROOK_NODE_ID=${POD_NAME##*-}; exec brook-broker"],
+        "env": container_env(name, namespace, spec),
+        "envFrom": [{"configMapRef": {"name": config_map_name(name)}}],
+        "ports": [
+            {"name": "kafka", "containerPort": KAFKA_PORT, "protocol": "TCP"},
+            {"name": "controller", "containerPort": CONTROLLER_PORT, "protocol": "TCP"},
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": HTTP_PORT},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": HTTP_PORT},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if spec.resources:
+        container["resources"] = dict(spec.resources)
+    claim_spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": spec.storage_size}},
+    }
+    if spec.storage_class:
+        claim_spec["storageClassName"] = spec.storage_class
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(name, namespace, name),
+        "spec": {
+            "replicas": spec.replicas,
+            "serviceName": headless_service_name(name),
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "template": {
+                "metadata": {
+                    "labels": labels(name),
+                    "annotations": {CONFIG_HASH_ANNOTATION: config_hash(env)},
+                },
+                "spec": {
+                    "serviceAccountName": name,
+                    # Only the rack lookup reads the API (the pod's node and its labels).
+                    "automountServiceAccountToken": spec.rack_enabled,
+                    "terminationGracePeriodSeconds": 60,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": RUN_AS,
+                        "runAsGroup": RUN_AS,
+                        "fsGroup": RUN_AS,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "topologySpreadConstraints": spread,
+                    "affinity": {
+                        "podAntiAffinity": {
+                            "preferredDuringSchedulingIgnoredDuringExecution": [
+                                {
+                                    "weight": 100,
+                                    "podAffinityTerm": {
+                                        "topologyKey": HOSTNAME_KEY,
+                                        "labelSelector": {"matchLabels": selector},
+                                    },
+                                }
+                            ]
+                        }
+                    },
+                },
+            },
+            "volumeClaimTemplates": [
+                {
+                    "metadata": {"name": "data", "labels": selector},
+                    "spec": claim_spec,
+                }
+            ],
+        },
+    }
+
+
+def _spread(topology_key: str, selector: Mapping[str, str]) -> dict[str, Any]:
+    """Soft spreading: a cluster with fewer nodes (or zones) than brokers still runs."""
+    return {
+        "maxSkew": 1,
+        "topologyKey": topology_key,
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": dict(selector)},
+    }
+
+
+# --- updating existing objects -----------------------------------------------------------
+
+IMMUTABLE_SPEC_FIELDS: dict[str, tuple[str, ...]] = {
+    "StatefulSet": ("selector", "serviceName", "podManagementPolicy", "volumeClaimTemplates"),
+    "Service": ("clusterIP",),
+}
+"""Fields the API server refuses to change on an existing object."""
+
+
+def update_patch(live: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch that brings ``live`` to ``desired``: lists are replaced whole,
+    fields the server sets or defaults are left alone, immutable fields are left out, and
+    ConfigMap keys no longer wanted are removed (null)."""
+    patch = copy.deepcopy(dict(desired))
+    for key in IMMUTABLE_SPEC_FIELDS.get(desired["kind"], ()):
+        patch.get("spec", {}).pop(key, None)
+    if desired["kind"] == "ConfigMap":
+        gone = set(live.get("data") or {}) - set(desired.get("data") or {})
+        patch["data"] = {**patch.get("data", {}), **dict.fromkeys(sorted(gone))}
+    return patch
+
+
+def needs_update(live: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    return not _contains(live, update_patch(live, desired))
+
+
+def immutable_changes(live: Mapping[str, Any], desired: Mapping[str, Any]) -> list[str]:
+    """The immutable fields ``desired`` would change: they can only be reported."""
+    live_spec, desired_spec = live.get("spec") or {}, desired.get("spec") or {}
+    return [
+        f"spec.{key}"
+        for key in IMMUTABLE_SPEC_FIELDS.get(desired["kind"], ())
+        if key in desired_spec and not _contains(live_spec.get(key), desired_spec[key])
+    ]
+
+
+def _contains(live: Any, wanted: Any) -> bool:
+    """Whether ``live`` has every field of ``wanted`` with its value (lists: the same
+    length, item by item); fields only ``live`` has are the server's own."""
+    if isinstance(wanted, Mapping):
+        return isinstance(live, Mapping) and all(
+            _contains(live.get(key), value) for key, value in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(wanted)
+            and all(_contains(have, want) for have, want in zip(live, wanted, strict=True))
+        )
+    return bool(live == wanted)

@@ -1,0 +1,108 @@
+"""What a Broker's status reports about its cluster, read over the Kafka protocol from
+the client Service: the live brokers, the active controller, and every partition's
+leader, replicas and ISR with its topic's ``min.insync.replicas``.
+
+The reads build on the admin client of :mod:`brook_operator.kafka_admin`; the two reads
+only the Broker status needs (every topic at once, one config of many topics in one
+DescribeConfigs) are added here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from brook_broker.protocol.cluster_client import Api
+
+from .kafka_admin import KafkaAdmin
+
+_DESCRIBE_CONFIGS = Api(32, 1, 4)
+_TOPIC_RESOURCE = 2
+MIN_INSYNC_REPLICAS = "min.insync.replicas"
+
+
+@dataclass(frozen=True)
+class PartitionView:
+    topic: str
+    partition: int
+    leader: int | None
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+    min_insync_replicas: int
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    brokers: tuple[int, ...]
+    """Node ids of the brokers registered with the active controller."""
+    controller: int | None
+    partitions: tuple[PartitionView, ...]
+
+
+class ClusterReader(KafkaAdmin):
+    async def view(self) -> ClusterView:
+        cluster = await self.describe_cluster()
+        names = [str(topic.name) for topic in (await self._cluster.metadata(None)).topics]
+        topics = await self.describe_topics(names)
+        present = [name for name, topic in topics.items() if topic is not None]
+        min_isr = await self.min_insync_replicas(present)
+        return ClusterView(
+            brokers=tuple(broker.node_id for broker in cluster.brokers),
+            controller=cluster.controller,
+            partitions=tuple(
+                PartitionView(
+                    topic=name,
+                    partition=partition.partition,
+                    leader=partition.leader,
+                    replicas=partition.replicas,
+                    isr=partition.isr,
+                    min_insync_replicas=min_isr.get(name, 1),
+                )
+                for name, topic in sorted(topics.items())
+                if topic is not None
+                for partition in topic.partitions
+            ),
+        )
+
+    async def min_insync_replicas(self, topics: Sequence[str]) -> dict[str, int]:
+        """Each topic's effective min.insync.replicas, in one request; topics deleted
+        meanwhile are left out."""
+        if not topics:
+            return {}
+        body = {
+            "resources": [
+                {
+                    "resource_type": _TOPIC_RESOURCE,
+                    "resource_name": name,
+                    "configuration_keys": [MIN_INSYNC_REPLICAS],
+                }
+                for name in topics
+            ],
+            "include_synonyms": False,
+            "include_documentation": False,
+        }
+        response = await self._ask(_DESCRIBE_CONFIGS, body, lambda response: ())
+        return {
+            str(result.resource_name): value
+            for result in response.results
+            if result.error_code == 0
+            for value in _min_isr(result.configs)
+        }
+
+
+def _min_isr(configs: Any) -> list[int]:
+    return [
+        int(entry.value)
+        for entry in configs
+        if entry.name == MIN_INSYNC_REPLICAS and entry.value is not None
+    ]
+
+
+async def read_cluster(bootstrap: str, *, timeout: float = 5.0) -> ClusterView:
+    """One view of the cluster; raises KafkaRequestError when no broker answers."""
+    reader = ClusterReader(bootstrap, request_timeout=timeout, retry_timeout=timeout)
+    try:
+        return await reader.view()
+    finally:
+        await reader.close()
