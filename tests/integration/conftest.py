@@ -11,6 +11,10 @@ import pytest
 
 from .brokers import BrokerFailed, BrokerProcess
 from .cluster import Cluster
+from .kube.harness import Kube
+from .kube.operator import OperatorProcess
+
+CRD_FILES = sorted((Path(__file__).parents[2] / "crds").glob("*.yaml"))
 
 StartBroker = Callable[..., BrokerProcess]
 StartCluster = Callable[..., Cluster]
@@ -64,3 +68,29 @@ def start_cluster(tmp_path: Path) -> Iterator[StartCluster]:
     for cluster in started:
         cluster.stop()
         print(cluster.log_tails())
+
+
+@pytest.fixture
+def kube(tmp_path: Path) -> Iterator[Kube]:
+    """An emulated cluster with the CRDs of ``crds/``: API server, pod runner, Service
+    names (see ``tests/integration/kube``). Pods and proxies are stopped at teardown."""
+    harness = Kube(tmp_path / "kube", crds=CRD_FILES)
+    try:
+        harness.start()
+        yield harness
+    finally:
+        if harness.url:
+            print(f"--- pods of the harness\n{harness.describe()}")
+        harness.stop()
+
+
+@pytest.fixture
+def operator_process(kube: Kube) -> Iterator[OperatorProcess]:
+    """``brook-operator`` running against ``kube``, watching the whole cluster."""
+    operator = OperatorProcess(kube)
+    try:
+        operator.start()
+        yield operator
+    finally:
+        operator.stop()
+        print(f"--- log of the operator\n{operator.log_tail()}")

@@ -1,0 +1,45 @@
+"""A Kubernetes cluster emulated on this machine, for testing the operator without Docker.
+
+Fixtures (``tests/integration/conftest.py``):
+
+- ``kube`` → :class:`~.harness.Kube`: an API server over real HTTP with the CRDs of
+  ``crds/`` registered (``kube.url``, ``kube.kubeconfig`` for any client), the pod runner
+  and the Service names and addresses. Everything stops at teardown, bounded in time.
+- ``operator_process`` → :class:`~.operator.OperatorProcess`: ``brook-operator`` running
+  against ``kube`` (cluster-wide, short status interval; log in ``kube.root``).
+
+A test that applies a Broker and waits for it::
+
+    def test_broker_becomes_ready(kube: Kube, operator_process: OperatorProcess) -> None:
+        kube.apply({"apiVersion": "brook.dev/v1alpha1", "kind": "Broker",
+                    "metadata": {"name": "demo"}, "spec": {"replicas": 3}})
+        broker = kube.wait_for(
+            lambda: ready(kube.get("brook.dev/v1alpha1/brokers", "demo")), timeout=90
+        )
+        bootstrap = broker["status"]["bootstrap"]  # demo.default.svc.cluster.local:9092
+
+``kube.get/find/list/create/apply/patch/delete`` act on the store directly (resources
+named ``"v1/pods"``, ``"apps/v1/statefulsets"``, ``"brook.dev/v1alpha1/topics"``);
+``kube.wait_for(fn)`` polls until ``fn()`` is true and fails with every pod's state and
+log tail; ``kube.wait_ready_pods(selector, count)``; ``kube.pod_log(name)``;
+``kube.runner.volume_dir(ns, claim)`` is a PVC's directory on this machine.
+
+What runs where:
+
+- :mod:`.store`: objects and their rules (server-set metadata, status subresource,
+  generation, patches, selectors, finalizers, owner-reference garbage collection, CRD
+  defaults and schema validation, cluster IPs).
+- :mod:`.apiserver`: kmock's Kubernetes scaffold (HTTP, discovery from its bundled
+  resource list, Status errors) serving the store: 201 on create, 422 on a failed
+  json-patch test, 409 on conflicts, PUT, ``/status`` and ``/scale``, watches that resume
+  from a resourceVersion (410 when too old), end at ``timeoutSeconds`` and send BOOKMARKs.
+- :mod:`.pods`: StatefulSet and Deployment controllers and a kubelet running each pod's
+  container as a local process with its own 127.1.X.Y address and its volumes
+  bind-mounted in a private mount namespace.
+- :mod:`.dns`: names in a marked block of ``/etc/hosts`` and a TCP proxy per cluster IP.
+
+Not emulated: admission webhooks, RBAC (every request is allowed), CEL validation rules
+(``x-kubernetes-validations``), liveness probes, ReplicaSets (a Deployment owns its pods),
+several containers or init containers per pod, the in-cluster service account token.
+Requires root (mount namespaces, ``/etc/hosts``).
+"""
