@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,8 @@ def start_cluster(tmp_path: Path) -> Iterator[StartCluster]:
 def kube(tmp_path: Path) -> Iterator[Kube]:
     """An emulated cluster with the CRDs of ``crds/``: API server, pod runner, Service
     names (see ``tests/integration/kube``). Pods and proxies are stopped at teardown."""
+    if os.geteuid() != 0:
+        pytest.skip("the Kubernetes harness needs root (mount namespaces, /etc/hosts)")
     harness = Kube(tmp_path / "kube", crds=CRD_FILES)
     try:
         harness.start()
