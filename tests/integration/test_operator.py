@@ -1,0 +1,357 @@
+"""The operator's whole loop in the emulated cluster: ``brook-operator`` turns a Broker into
+broker processes run by the pod runner and Topics into topics of that cluster, checked
+with a real Kafka client through the bootstrap address the Broker's status gives.
+
+One Broker cluster is shared by the tests of this module (it takes a while to start);
+each test works on Topics of its own, and the test that restarts a broker runs last.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+
+from .clients import ConfluentDriver, Message
+from .kube.harness import Kube
+from .kube.operator import OperatorProcess
+
+NS = "default"
+BROKER = "demo"
+BROKERS = "brook.dev/v1alpha1/brokers"
+TOPICS = "brook.dev/v1alpha1/topics"
+BOOTSTRAP = f"{BROKER}.{NS}.svc.cluster.local:9092"
+CRD_FILES = sorted((Path(__file__).parents[2] / "crds").glob("*.yaml"))
+READY_TIMEOUT_S = 120.0
+CHANGE_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Cluster:
+    kube: Kube
+    admin: AdminClient
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The emulated cluster, the operator, and a Broker of 3 replicas it has made Ready."""
+    kube = Kube(tmp_path_factory.mktemp("operator") / "kube", crds=CRD_FILES)
+    # Status every second: a restarting broker is away for a few seconds only.
+    operator = OperatorProcess(kube, env={"BROOK_OPERATOR_STATUS_INTERVAL": "1"})
+    try:
+        kube.start()
+        operator.start()
+        kube.apply(
+            {
+                "apiVersion": "brook.dev/v1alpha1",
+                "kind": "Broker",
+                "metadata": {"name": BROKER},
+                "spec": {"replicas": 3},
+            }
+        )
+        kube.wait_for(
+            lambda: broker_ready(kube.get(BROKERS, BROKER)),
+            READY_TIMEOUT_S,
+            f"Broker {BROKER} to be Ready",
+        )
+        # Without this, librdkafka's metadata requests of an admin client create topics.
+        admin = AdminClient({"bootstrap.servers": BOOTSTRAP, "allow.auto.create.topics": False})
+        yield Cluster(kube, admin)
+    finally:
+        operator.stop()
+        print(f"--- log of the operator\n{operator.log_tail(100)}")
+        if kube.url:
+            print("--- events\n" + "\n".join(map(describe_event, events(kube))))
+            print(f"--- pods of the harness\n{kube.describe()}")
+        kube.stop()
+
+
+# --- reading the resources ----------------------------------------------------------------
+
+
+def condition(obj: dict[str, Any], kind: str = "Ready") -> dict[str, Any]:
+    found = [c for c in (obj.get("status") or {}).get("conditions") or () if c["type"] == kind]
+    return found[0] if found else {}
+
+
+def broker_ready(broker: dict[str, Any]) -> bool:
+    status = broker.get("status") or {}
+    return (
+        condition(broker).get("status") == "True"
+        and status.get("readyReplicas") == 3
+        and status.get("underReplicatedPartitions") == 0
+    )
+
+
+def events(kube: Kube, kind: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
+    """The Events posted (about one object), oldest first."""
+    about = [
+        event
+        for event in kube.list("v1/events", NS)
+        if kind is None
+        or (event["involvedObject"].get("kind") == kind and event["involvedObject"]["name"] == name)
+    ]
+    return sorted(about, key=lambda event: int(event["metadata"]["resourceVersion"]))
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    about = event["involvedObject"]
+    return f"{about['kind']}/{about['name']} {event['type']} {event['reason']}: {event['message']}"
+
+
+def wait_for_event(
+    kube: Kube, kind: str, name: str, type_: str, reason: str, words: str = ""
+) -> dict[str, Any]:
+    """The latest Event of that type and reason about the object whose message has
+    ``words``, once posted (Kopf posts Events in the background)."""
+
+    def posted() -> dict[str, Any] | None:
+        found = [
+            e
+            for e in events(kube, kind, name)
+            if e["type"] == type_ and e["reason"] == reason and words in e["message"]
+        ]
+        return found[-1] if found else None
+
+    return kube.wait_for(
+        posted, CHANGE_TIMEOUT_S, f"a {type_} Event {reason} ({words}) about {kind} {name}"
+    )
+
+
+def apply_topic(kube: Kube, name: str, **spec: Any) -> None:
+    kube.apply(
+        {
+            "apiVersion": "brook.dev/v1alpha1",
+            "kind": "Topic",
+            "metadata": {"name": name},
+            "spec": {"cluster": BROKER, **spec},
+        }
+    )
+
+
+def wait_topic_ready(kube: Kube, name: str, partitions: int) -> dict[str, Any]:
+    """The Topic once Ready for its current generation with ``partitions`` partitions."""
+
+    def ready() -> dict[str, Any] | None:
+        topic = kube.get(TOPICS, name)
+        status = topic.get("status") or {}
+        done = (
+            condition(topic).get("status") == "True"
+            and status.get("observedGeneration") == topic["metadata"]["generation"]
+            and len(status.get("partitions") or ()) == partitions
+        )
+        return topic if done else None
+
+    return kube.wait_for(
+        ready, CHANGE_TIMEOUT_S, f"Topic {name} Ready with {partitions} partitions"
+    )
+
+
+# --- reading the Kafka cluster ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A topic as a Kafka admin client sees it."""
+
+    replicas: dict[int, tuple[int, ...]]
+    leaders: dict[int, int]
+    isr: dict[int, tuple[int, ...]]
+    configs: dict[str, str | None]
+    """Every config DescribeConfigs reports, overrides and defaults alike."""
+
+    @property
+    def arrangement(self) -> tuple[dict[int, tuple[int, ...]], dict[str, str | None]]:
+        """What a spec change could alter: partitions, their replicas, configs (leaders
+        and ISR move on their own)."""
+        return self.replicas, self.configs
+
+
+def layout(admin: AdminClient, topic: str) -> Layout | None:
+    """The topic's layout, or None when the cluster has no such topic."""
+    metadata = admin.list_topics(topic, timeout=15).topics[topic]
+    if metadata.error is not None:
+        assert metadata.error.code() == confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART, (
+            metadata.error
+        )
+        return None
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    configs = admin.describe_configs([resource])[resource].result(timeout=15)
+    partitions = metadata.partitions.values()
+    return Layout(
+        replicas={p.id: tuple(p.replicas) for p in partitions},
+        leaders={p.id: p.leader for p in partitions},
+        isr={p.id: tuple(sorted(p.isrs)) for p in partitions},
+        configs={name: entry.value for name, entry in configs.items()},
+    )
+
+
+def wait_status_lists_cluster(kube: Kube, admin: AdminClient, name: str) -> Layout:
+    """The topic's layout once the Topic's status lists each partition's leader, replicas
+    and ISR as the cluster has them (the status is refreshed periodically)."""
+
+    def listed() -> Layout | None:
+        status = kube.get(TOPICS, name)["status"]
+        found = layout(admin, status["topicName"])
+        if found is None:
+            return None
+        partitions = {
+            p["partition"]: (tuple(p["replicas"]), p["leader"], tuple(sorted(p["isr"])))
+            for p in status["partitions"]
+        }
+        expected = {
+            p: (replicas, found.leaders[p], found.isr[p]) for p, replicas in found.replicas.items()
+        }
+        return found if partitions == expected else None
+
+    return kube.wait_for(
+        listed, CHANGE_TIMEOUT_S, f"the status of Topic {name} to list its partitions"
+    )
+
+
+# --- the scenarios ------------------------------------------------------------------------
+
+
+def test_broker_becomes_ready_and_serves_a_topic_made_from_its_resource(
+    cluster: Cluster,
+) -> None:
+    kube, admin = cluster.kube, cluster.admin
+    broker = kube.get(BROKERS, BROKER)
+    status = broker["status"]
+    assert status["replicas"] == 3 and status["readyReplicas"] == 3
+    assert status["controller"] in (0, 1, 2)
+    assert status["bootstrap"] == BOOTSTRAP
+    assert condition(broker)["reason"] == "ClusterReady", condition(broker)
+    pods = kube.list("v1/pods", NS, f"app.kubernetes.io/instance={BROKER}")
+    assert sorted(p["metadata"]["name"] for p in pods) == [f"{BROKER}-{i}" for i in range(3)]
+    assert {b.id for b in admin.list_topics(timeout=15).brokers.values()} == {0, 1, 2}
+    objects = [
+        f"ServiceAccount {BROKER}",
+        f"ConfigMap {BROKER}-config",
+        f"Service {BROKER}-brokers",
+        f"Service {BROKER}",
+        f"StatefulSet {BROKER}",
+        f"PodDisruptionBudget {BROKER}",
+    ]
+    for subject in objects:
+        event = wait_for_event(kube, "Broker", BROKER, "Normal", "Created", subject)
+        assert event["message"] == f"{subject} created"
+    wait_for_event(kube, "Broker", BROKER, "Normal", "ClusterReady")
+
+    apply_topic(kube, "orders", partitions=6, replicationFactor=3, minInsyncReplicas=2)
+    topic = wait_topic_ready(kube, "orders", 6)
+    assert topic["status"]["topicName"] == "orders"
+    assert topic["status"]["underReplicatedPartitions"] == 0
+    found = wait_status_lists_cluster(kube, admin, "orders")
+    assert sorted(found.replicas) == list(range(6))
+    assert all(len(set(replicas)) == 3 for replicas in found.replicas.values()), found
+    assert all(found.leaders[p] in replicas for p, replicas in found.replicas.items()), found
+    assert found.configs["min.insync.replicas"] == "2"
+    wait_for_event(kube, "Topic", "orders", "Normal", "TopicCreated", "6 partitions")
+
+    messages = [Message(i % 6, f"k{i}".encode(), f"v{i}".encode()) for i in range(60)]
+    driver = ConfluentDriver()
+    bootstrap = status["bootstrap"]
+    deliveries = driver.produce(bootstrap, "orders", messages, "none", {"acks": "all"})
+    assert [d.error for d in deliveries] == [None] * len(messages)
+    consumed = driver.consume(bootstrap, "orders", range(6), len(messages))
+    assert sorted(c.value for c in consumed) == sorted(m.value for m in messages)
+
+
+REFUSED_SPECS = [
+    ({"partitions": 6}, "PartitionsCannotShrink", "partitions 6 is fewer than the 12"),
+    (
+        {"replicationFactor": 5},
+        "ReplicationFactorTooLarge",
+        "replicationFactor 5 is more than the 3 brokers",
+    ),
+    (
+        {"minInsyncReplicas": 4},
+        "MinIsrAboveReplicationFactor",
+        "minInsyncReplicas 4 is more than replicationFactor 3",
+    ),
+]
+
+
+def test_topic_grows_and_refused_specs_change_nothing(cluster: Cluster) -> None:
+    kube, admin = cluster.kube, cluster.admin
+    valid = {"partitions": 6, "replicationFactor": 3, "minInsyncReplicas": 2}
+    apply_topic(kube, "growing", **valid)
+    wait_topic_ready(kube, "growing", 6)
+
+    valid["partitions"] = 12
+    apply_topic(kube, "growing", **valid)
+    wait_topic_ready(kube, "growing", 12)
+    grown = wait_status_lists_cluster(kube, admin, "growing")
+    assert sorted(grown.replicas) == list(range(12))
+    assert all(len(set(replicas)) == 3 for replicas in grown.replicas.values()), grown
+    assert grown.configs["min.insync.replicas"] == "2"
+    wait_for_event(kube, "Topic", "growing", "Normal", "PartitionsGrown", "from 6 to 12")
+
+    for change, reason, words in REFUSED_SPECS:
+        apply_topic(kube, "growing", **{**valid, **change})
+
+        def refused(reason: str = reason) -> dict[str, Any] | None:
+            topic = kube.get(TOPICS, "growing")
+            ready = condition(topic)
+            current = topic["status"].get("observedGeneration") == topic["metadata"]["generation"]
+            return ready if current and ready.get("reason") == reason else None
+
+        ready = kube.wait_for(refused, CHANGE_TIMEOUT_S, f"the Topic refused with {reason}")
+        assert ready["status"] == "False"
+        assert ready["message"].startswith("refused, nothing changed: "), ready
+        assert words in ready["message"], ready
+        wait_for_event(kube, "Topic", "growing", "Warning", reason, words)
+        after = layout(admin, "growing")
+        assert after is not None and after.arrangement == grown.arrangement, change
+
+        apply_topic(kube, "growing", **valid)
+        wait_topic_ready(kube, "growing", 12)
+
+
+def test_a_deleted_broker_pod_comes_back_and_a_deleted_topic_goes(cluster: Cluster) -> None:
+    kube, admin = cluster.kube, cluster.admin
+    apply_topic(kube, "restarts", partitions=6, replicationFactor=3, minInsyncReplicas=2)
+    wait_topic_ready(kube, "restarts", 6)
+    pod = kube.get("v1/pods", f"{BROKER}-1")
+
+    kube.delete("v1/pods", f"{BROKER}-1")
+    deleted_at = time.monotonic()
+
+    def under_replicated() -> dict[str, Any] | None:
+        status = kube.get(BROKERS, BROKER)["status"]
+        return status if status["underReplicatedPartitions"] else None
+
+    status = kube.wait_for(
+        under_replicated, CHANGE_TIMEOUT_S, "the Broker status to count under-replicated partitions"
+    )
+    print(f"{time.monotonic() - deleted_at:.1f} s after the pod was deleted: {status}")
+    kube.wait_for(
+        lambda: broker_ready(kube.get(BROKERS, BROKER)),
+        READY_TIMEOUT_S,
+        "the Broker to recover with no under-replicated partitions",
+    )
+    print(f"Ready again {time.monotonic() - deleted_at:.1f} s after the pod was deleted")
+    restarted = kube.get("v1/pods", f"{BROKER}-1")
+    assert restarted["metadata"]["uid"] != pod["metadata"]["uid"], "a new pod of that name"
+    assert restarted["status"]["podIP"] == pod["status"]["podIP"]
+    wait_topic_ready(kube, "restarts", 6)
+
+    kube.delete(TOPICS, "restarts")
+    kube.wait_for(
+        lambda: kube.find(TOPICS, "restarts") is None,
+        CHANGE_TIMEOUT_S,
+        "the Topic resource to go once its finalizer ran",
+    )
+    kube.wait_for(
+        lambda: layout(admin, "restarts") is None,
+        CHANGE_TIMEOUT_S,
+        "the topic to be deleted in the cluster",
+    )
+    wait_for_event(kube, "Topic", "restarts", "Normal", "TopicDeleted")
