@@ -34,8 +34,8 @@ What runs where:
   json-patch test, 409 on conflicts, PUT, ``/status`` and ``/scale``, watches that resume
   from a resourceVersion (410 when too old), end at ``timeoutSeconds`` and send BOOKMARKs.
 - :mod:`.pods`: StatefulSet and Deployment controllers and a kubelet running each pod's
-  container as a local process with its own 127.1.X.Y address and its volumes
-  bind-mounted in a private mount namespace.
+  container as a local process with its own 127.N.X.Y address (N differs between test
+  runs that overlap) and its volumes bind-mounted in a private mount namespace.
 - :mod:`.dns`: names in a marked block of ``/etc/hosts`` and a TCP proxy per cluster IP.
 
 Not emulated: admission webhooks, RBAC (every request is allowed), CEL validation rules

@@ -4,7 +4,7 @@ Names: a block of ``/etc/hosts`` between marker comments, rewritten as Services 
 come and go and removed at teardown (a block left by a run that died is dropped the next
 time, its pid being gone). Every process resolves through it, with no resolver to start:
 
-- ``SERVICE.NS.svc.cluster.local`` → the Service's cluster IP (127.2.X.Y);
+- ``SERVICE.NS.svc.cluster.local`` → the Service's cluster IP (127.N+1.X.Y);
 - for a headless Service, ``POD.SERVICE.NS.svc.cluster.local`` → the pod's IP for each pod
   whose ``subdomain`` is the Service, and the Service name → its pods' IPs (ready pods, or
   all of them with ``publishNotReadyAddresses``).

@@ -3,7 +3,8 @@
 Controllers turn StatefulSets and Deployments into Pod objects (and PVCs) and report the
 sets' status; the kubelet runs the single container of every Pod as a local process:
 
-- each pod has its own address on 127.1.0.0/16, the same for a pod name across restarts,
+- each pod has its own address on this process's 127.N.0.0/16, the same for a pod name
+  across restarts,
   and a node of its own (``node-N``, a Node object labelled with a zone ``zone-a/b/c``);
 - the container's ``command``/``args`` and env follow Kubernetes: ``fieldRef`` values,
   ``configMapKeyRef``/``secretKeyRef``, ``envFrom``, ``$(VAR)`` expansion;
@@ -31,9 +32,9 @@ from typing import Any
 
 from brook_cli import local
 
-from .store import ApiError, Object, Store, WatchEvent, now
+from .store import HARNESS_NETWORK, ApiError, Object, Store, WatchEvent, now
 
-POD_NETWORK = "127.1"
+POD_NETWORK = f"127.{HARNESS_NETWORK}"
 MAX_GRACE_S = 15.0
 """A stopping pod gets its terminationGracePeriodSeconds, at most this long."""
 PROBE_PERIOD_MAX_S = 1.0

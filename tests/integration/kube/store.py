@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import datetime
 import itertools
+import os
 import random
 import re
 import string
@@ -346,8 +347,11 @@ def validate(resource: ResourceType, name: str, obj: Object) -> None:
 
 # --- the store -----------------------------------------------------------------------------
 
-CLUSTER_IP_NETWORK = "127.2"
-"""Cluster IPs are 127.2.X.Y: on loopback, so the harness can listen on them."""
+HARNESS_NETWORK = 10 + 2 * (os.getpid() % 100)
+"""The second octet of this process's addresses: harnesses of test runs that overlap
+(two pytest processes) get different addresses, so neither reaches the other's pods."""
+CLUSTER_IP_NETWORK = f"127.{HARNESS_NETWORK + 1}"
+"""Cluster IPs are on loopback, so the harness can listen on them."""
 
 Listener = Callable[[WatchEvent], None]
 
