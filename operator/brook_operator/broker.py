@@ -3,22 +3,30 @@
 Creating, changing or resuming a Broker applies its objects (create what is missing,
 patch what differs, leave the rest alone). A daemon per Broker reads its StatefulSet and
 its cluster every ``BROOK_OPERATOR_STATUS_INTERVAL`` seconds, puts objects deleted or
-changed by hand back, and writes the status when it changed. A refused spec changes
-nothing in the cluster: the Ready condition and a Warning event say why.
+changed by hand back, takes the next step of any scaling or rolling restart, and writes
+the status when it changed. A refused spec changes nothing in the cluster: the Ready
+condition and a Warning event say why.
 
-Changing ``replicas`` scales the StatefulSet as it is: partitions are not yet moved onto
-new brokers, nor drained from leaving ones before they go.
+Scaling never costs data (decisions in :mod:`brook_operator.broker_scaling`): more
+replicas scale the StatefulSet first, then, once the new brokers have registered,
+partitions are reassigned onto them (throttled) and preferred leaders elected; fewer
+replicas drain the leaving brokers first and shrink the StatefulSet only once nothing is
+on them and every ISR is full. The pods are replaced ``OnDelete``: the operator restarts
+them one at a time, only when the cluster can spare the broker, the controller last.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import datetime
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from brook_broker.metadata.placement import PartitionKey, PlacementBroker
 from brook_broker.protocol.cluster_client import KafkaRequestError
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -34,16 +42,37 @@ from .broker_resources import (
     immutable_changes,
     manifests,
     needs_update,
+    selector_labels,
     update_patch,
 )
+from .broker_scaling import (
+    DRAINING,
+    IDLE,
+    REASSIGNING,
+    RESTARTING,
+    AutoscaleBounds,
+    BrokerPod,
+    autoscale_replicas,
+    balance_plan,
+    leaving_brokers,
+    next_restart,
+    scale_in_refusal,
+    undrained,
+)
 from .broker_status import Observed, Refusal, broker_status, status_changes
-from .cluster_view import read_cluster
+from .cluster_view import ClusterReader, ClusterView
+from .kafka_admin import Reassignment
 from .settings import OperatorSettings
 
 PLURAL = "brokers"
 KIND = "Broker"
 _MERGE_PATCH = "application/merge-patch+json"
 _API_RETRY_DELAY_S = 10.0
+_CLUSTER_TIMEOUT_S = 5.0
+_MAX_PLANS = 3
+"""Reassignment rounds of one scale-out: placement converges in one; more means the
+layout keeps changing under it (topics created meanwhile), and balance can wait."""
+_REVISION_LABEL = "controller-revision-hash"
 
 _APIS: dict[str, tuple[type, str]] = {
     "ServiceAccount": (client.CoreV1Api, "service_account"),
@@ -55,6 +84,33 @@ _APIS: dict[str, tuple[type, str]] = {
 
 
 @dataclass
+class _Scaling:
+    """Where scaling or a rolling restart stands; the status reports it."""
+
+    phase: str = IDLE
+    message: str = ""
+    brokers: tuple[int, ...] = ()
+    """The brokers added, leaving, or not yet restarted."""
+    planned: frozenset[PartitionKey] = frozenset()
+    """Partitions of the reassignments submitted for this scaling."""
+    plans: int = 0
+    restarting: tuple[str, str] | None = None
+    """The pod deleted last (name, uid), until its successor is up."""
+    revision: str | None = None
+    restarted: tuple[int, ...] = ()
+    """Brokers restarted onto ``revision``."""
+
+    def report(self, remaining: int) -> dict[str, Any]:
+        total = len(self.planned)
+        return {
+            "phase": self.phase,
+            "message": self.message,
+            "brokers": list(self.brokers),
+            "progress": {"moved": max(total - remaining, 0), "total": total},
+        }
+
+
+@dataclass
 class _State:
     """What the operator keeps per Broker between handler calls (in Kopf's memo)."""
 
@@ -62,6 +118,8 @@ class _State:
     refusal: Refusal | None = None
     observed_generation: int | None = None
     last_warning: str | None = None
+    scaling: _Scaling | None = None
+    autoscale: dict[str, Any] | None = None
 
 
 def _state(memo: kopf.Memo) -> _State:
@@ -86,9 +144,8 @@ async def reconcile(
 ) -> None:
     state = _state(memo)
     async with state.lock:
-        await _apply(body, spec, name, namespace, memo.settings, state)
         state.observed_generation = meta.get("generation")
-        await _publish_status(body, spec, status, name, namespace, memo.settings, state)
+        await _round(body, spec, status, name, namespace, memo.settings, state)
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
@@ -109,12 +166,9 @@ async def watch_status(
         if stopped:
             break
         async with state.lock:
-            try:
-                if state.refusal is None:
-                    await _apply(body, spec, name, namespace, settings, state)
-                await _publish_status(body, spec, status, name, namespace, settings, state)
-            except kopf.TemporaryError:
-                pass  # said in a Warning event already; the next round tries again
+            # A failure was said in a Warning event already; the next round tries again.
+            with contextlib.suppress(kopf.TemporaryError):
+                await _round(body, spec, status, name, namespace, settings, state)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
@@ -124,27 +178,369 @@ async def forget(name: str, namespace: str, **_: Any) -> None:
     metrics.untrack(KIND, namespace, name)
 
 
-# --- objects ---------------------------------------------------------------------------
+# --- one round: observe, apply, take the next scaling step, report ---------------------
 
 
-async def _apply(
+@dataclass
+class _Round:
+    """What one round read: the StatefulSet, its pods, and the cluster."""
+
+    stateful_set: Any | None
+    cluster: ClusterView | None = None
+    cluster_error: str | None = None
+    reassignments: Mapping[PartitionKey, Reassignment] = field(default_factory=dict)
+
+    @property
+    def current(self) -> int | None:
+        """Brokers the StatefulSet runs now (None before it exists)."""
+        return None if self.stateful_set is None else int(self.stateful_set.spec.replicas or 0)
+
+    @property
+    def ready(self) -> int:
+        found = self.stateful_set
+        return (found is not None and found.status and found.status.ready_replicas) or 0
+
+
+async def _round(
     body: kopf.Body,
     spec: Mapping[str, Any],
+    status: Mapping[str, Any],
     name: str,
     namespace: str,
     settings: OperatorSettings,
     state: _State,
 ) -> None:
     metrics.track(KIND, namespace, name)
+    if state.scaling is None:  # after an operator restart: a scale-out may be under way
+        state.scaling = _Scaling(phase=(status.get("scaling") or {}).get("phase", IDLE))
+    seen = _Round(await _read_stateful_set(body, state, name, namespace))
+    reader = None
+    if seen.ready:
+        reader = ClusterReader(
+            bootstrap(name, namespace),
+            request_timeout=_CLUSTER_TIMEOUT_S,
+            retry_timeout=_CLUSTER_TIMEOUT_S,
+        )
+    try:
+        if reader is not None:
+            try:
+                seen.cluster = await reader.view()
+                seen.reassignments = await reader.list_partition_reassignments()
+            except (KafkaRequestError, OSError) as error:
+                seen.cluster, seen.cluster_error = None, str(error)
+        wanted = await _reconcile_objects(
+            body, spec, status, name, namespace, settings, state, seen
+        )
+        if reader is not None and seen.cluster is not None and state.refusal is None:
+            try:
+                await _step(body, name, namespace, state, seen, wanted, reader)
+            except (KafkaRequestError, OSError) as error:
+                _warn_once(body, state, "ScalingStepFailed", f"scaling step failed: {error}")
+    finally:
+        if reader is not None:
+            await reader.close()
+    await _publish_status(body, status, name, namespace, state, seen, wanted)
+
+
+async def _reconcile_objects(
+    body: kopf.Body,
+    spec: Mapping[str, Any],
+    status: Mapping[str, Any],
+    name: str,
+    namespace: str,
+    settings: OperatorSettings,
+    state: _State,
+    seen: _Round,
+) -> int:
+    """Apply the objects with the StatefulSet at the size it may have now; returns the
+    brokers wanted (``spec.replicas``, or more when autoscaled)."""
     try:
         parsed = BrokerSpec.parse(spec, settings.broker_image)
         env = broker_env(parsed)
     except InvalidSpec as refused:
-        state.refusal = Refusal(refused.reason, refused.message)
-        metrics.RECONCILIATIONS.labels(KIND, "refused").inc()
-        _warn_once(body, state, refused.reason, f"spec refused, nothing changed: {refused}")
-        return
+        _refuse(body, state, Refusal(refused.reason, refused.message))
+        return int(spec.get("replicas", 3))
+    wanted = _autoscaled(parsed, status, state, seen.cluster)
+    size = _stateful_set_size(body, state, seen, wanted)
+    if size is None:
+        return wanted
     state.refusal = None
+    await _apply(body, name, namespace, dataclasses.replace(parsed, replicas=size), env, state)
+    return wanted
+
+
+def _refuse(body: kopf.Body, state: _State, refusal: Refusal) -> None:
+    state.refusal = refusal
+    metrics.RECONCILIATIONS.labels(KIND, "refused").inc()
+    _warn_once(body, state, refusal.reason, f"spec refused, nothing changed: {refusal.message}")
+
+
+def _autoscaled(
+    spec: BrokerSpec, status: Mapping[str, Any], state: _State, cluster: ClusterView | None
+) -> int:
+    """The brokers wanted: ``spec.replicas``, or more while autoscale finds the brokers
+    too loaded; autoscale only adds brokers (a drain is costly, load comes back)."""
+    if spec.autoscale is None:
+        state.autoscale = None
+        return spec.replicas
+    earlier = (state.autoscale or status.get("autoscale") or {}).get("replicas", spec.replicas)
+    floor = min(max(spec.replicas, int(earlier)), spec.autoscale.max_replicas)
+    if cluster is None:
+        state.autoscale = {"replicas": floor, "reason": "the cluster did not answer"}
+        return floor
+    decision = autoscale_replicas(
+        floor,
+        AutoscaleBounds(
+            spec.autoscale.max_replicas,
+            spec.autoscale.max_partitions_per_broker,
+            spec.autoscale.max_bytes_per_broker,
+        ),
+        sum(len(p.replicas) for p in cluster.partitions),
+        None,
+    )
+    state.autoscale = {"replicas": decision.replicas, "reason": decision.reason}
+    return decision.replicas
+
+
+def _stateful_set_size(body: kopf.Body, state: _State, seen: _Round, wanted: int) -> int | None:
+    """How many brokers the StatefulSet may run now; None when a scale-in is refused."""
+    scaling = state.scaling or _Scaling()
+    current = seen.current
+    if current is None or wanted == current:
+        return wanted
+    if wanted > current:
+        added = tuple(range(current, wanted))
+        state.scaling = _Scaling(REASSIGNING, "waiting for the new brokers to register", added)
+        kopf.info(
+            body,
+            reason="ScalingOut",
+            message=f"adding brokers {_list(added)}; their partitions follow once they register",
+        )
+        return wanted
+    if seen.cluster is None:
+        scaling.message = "waiting for the cluster to answer before draining"
+        return current
+    refusal = scale_in_refusal(seen.cluster.partitions, current, wanted)
+    if refusal is not None:
+        _refuse(body, state, refusal)
+        return None
+    leaving = leaving_brokers(current, wanted)
+    left = undrained(seen.cluster.partitions, seen.reassignments, leaving)
+    if not left:
+        kopf.info(
+            body,
+            reason="ScaledIn",
+            message=f"brokers {_list(leaving)} hold no partition and every ISR is full; "
+            f"the StatefulSet shrinks from {current} to {wanted}",
+        )
+        state.scaling = _Scaling(IDLE, f"scaled in to {wanted} brokers", planned=scaling.planned)
+        return wanted
+    if scaling.phase != DRAINING or scaling.brokers != leaving:
+        state.scaling = _Scaling(DRAINING, "draining", leaving)
+    return current
+
+
+async def _step(
+    body: kopf.Body,
+    name: str,
+    namespace: str,
+    state: _State,
+    seen: _Round,
+    wanted: int,
+    reader: ClusterReader,
+) -> None:
+    """The next step of the scaling under way, or of a rolling restart."""
+    scaling = state.scaling or _Scaling()
+    if scaling.phase == DRAINING:
+        await _drain(body, scaling, seen, reader)
+    elif scaling.phase == REASSIGNING:
+        await _spread_out(body, state, scaling, seen, wanted, reader)
+    else:
+        await _roll(body, name, namespace, state, seen)
+
+
+async def _drain(body: kopf.Body, scaling: _Scaling, seen: _Round, reader: ClusterReader) -> None:
+    cluster = seen.cluster
+    assert cluster is not None
+    left = undrained(cluster.partitions, seen.reassignments, scaling.brokers)
+    if seen.reassignments:
+        scaling.message = f"moving {len(seen.reassignments)} partitions off brokers " + _list(
+            scaling.brokers
+        )
+        return
+    staying = [b for b in _placement_brokers(cluster) if b.node_id not in scaling.brokers]
+    plan = balance_plan(cluster.partitions, staying)
+    if not plan:
+        scaling.message = f"waiting for {len(left)} partitions to have every replica in sync"
+        return
+    await _submit(reader, plan)
+    first = not scaling.planned
+    scaling.planned |= frozenset(plan)
+    scaling.message = f"moving {len(plan)} partitions off brokers {_list(scaling.brokers)}"
+    if first:
+        kopf.info(
+            body,
+            reason="Draining",
+            message=f"{scaling.message} before the StatefulSet shrinks (throttled reassignments)",
+        )
+
+
+async def _spread_out(
+    body: kopf.Body,
+    state: _State,
+    scaling: _Scaling,
+    seen: _Round,
+    wanted: int,
+    reader: ClusterReader,
+) -> None:
+    cluster = seen.cluster
+    assert cluster is not None
+    missing = sorted(set(range(wanted)) - set(cluster.brokers))
+    if missing:
+        scaling.message = f"waiting for brokers {_list(missing)} to register"
+        return
+    if seen.reassignments:
+        scaling.message = f"moving {len(seen.reassignments)} partitions onto the new brokers"
+        return
+    plan = balance_plan(cluster.partitions, _placement_brokers(cluster))
+    if plan and scaling.plans < _MAX_PLANS:
+        await _submit(reader, plan)
+        scaling.plans += 1
+        scaling.planned |= frozenset(plan)
+        scaling.message = f"moving {len(plan)} partitions to spread them over {wanted} brokers"
+        kopf.info(body, reason="Reassigning", message=f"{scaling.message} (throttled)")
+        return
+    await reader.elect_preferred_leaders()
+    added = scaling.brokers
+    held = {node: sum(node in p.replicas for p in cluster.partitions) for node in added}
+    led = {node: sum(p.replicas[:1] == (node,) for p in cluster.partitions) for node in added}
+    state.scaling = _Scaling(IDLE, f"scaled out to {wanted} brokers", planned=scaling.planned)
+    kopf.info(
+        body,
+        reason="ScaledOut",
+        message=f"{len(scaling.planned)} partitions moved; "
+        + ", ".join(
+            f"broker {node} holds {held[node]} replicas, preferred leader of {led[node]}"
+            for node in added
+        ),
+    )
+
+
+async def _submit(reader: ClusterReader, plan: Mapping[PartitionKey, tuple[int, ...]]) -> None:
+    by_topic: dict[str, dict[int, tuple[int, ...]]] = {}
+    for (topic, partition), replicas in sorted(plan.items()):
+        by_topic.setdefault(topic, {})[partition] = replicas
+    for topic, targets in by_topic.items():
+        await reader.alter_partition_reassignments(topic, targets)
+
+
+async def _roll(body: kopf.Body, name: str, namespace: str, state: _State, seen: _Round) -> None:
+    """Restart the next broker whose pod runs an older template, if the cluster can
+    spare it now."""
+    stateful_set, cluster = seen.stateful_set, seen.cluster
+    assert cluster is not None
+    revision = stateful_set.status.update_revision if stateful_set.status else None
+    if revision is None:
+        return
+    pods = await _list_pods(body, state, name, namespace)
+    scaling = state.scaling or _Scaling()
+    if scaling.revision != revision:
+        scaling.revision, scaling.restarted = revision, ()
+    if scaling.restarting is not None:
+        pod_name, uid = scaling.restarting
+        if any(p.metadata.name == pod_name and p.metadata.uid == uid for p in pods):
+            return  # not yet replaced
+        scaling.restarting = None
+    brokers = [
+        BrokerPod(
+            ordinal=int(p.metadata.name.rsplit("-", 1)[1]),
+            updated=(p.metadata.labels or {}).get(_REVISION_LABEL) == revision,
+            ready=p.metadata.deletion_timestamp is None and _pod_ready(p),
+        )
+        for p in pods
+    ]
+    step = next_restart(brokers, seen.current or 0, seen.cluster, bool(seen.reassignments))
+    was_restarting = scaling.phase == RESTARTING
+    if not step.pending:
+        lagging = sum(not set(p.replicas) <= set(p.isr) for p in cluster.partitions)
+        if was_restarting and (lagging or not all(pod.ready for pod in brokers)):
+            scaling.message = f"waiting for the last broker restarted to rejoin {lagging} ISRs"
+        elif was_restarting:
+            kopf.info(
+                body,
+                reason="RollingRestartDone",
+                message=f"brokers {_list(scaling.restarted)} restarted one at a time",
+            )
+            scaling.phase, scaling.message, scaling.brokers = IDLE, step.message, ()
+        return
+    scaling.phase, scaling.message, scaling.brokers = RESTARTING, step.message, step.pending
+    if step.blocked:
+        _warn_once(body, state, "RestartBlocked", step.message)
+    if step.broker is None:
+        return
+    pod_name = f"{name}-{step.broker}"
+    pod = next(p for p in pods if p.metadata.name == pod_name)
+    try:
+        await asyncio.to_thread(client.CoreV1Api().delete_namespaced_pod, pod_name, namespace)
+    except ApiException as error:
+        raise _api_failure(body, state, f"Pod {pod_name}", error) from None
+    scaling.restarting = (pod_name, pod.metadata.uid)
+    scaling.restarted = (*scaling.restarted, step.broker)
+    controller = " (the controller)" if step.broker == cluster.controller else ""
+    kopf.info(
+        body,
+        reason="RestartingBroker",
+        message=f"restarting broker {step.broker}{controller} onto the new pod template; "
+        f"{len(step.pending) - 1} more to go",
+    )
+
+
+def _pod_ready(pod: Any) -> bool:
+    conditions = (pod.status and pod.status.conditions) or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+def _placement_brokers(cluster: ClusterView) -> list[PlacementBroker]:
+    return [PlacementBroker(node, cluster.racks.get(node)) for node in cluster.brokers]
+
+
+def _list(nodes: Any) -> str:
+    return ", ".join(map(str, nodes))
+
+
+async def _read_stateful_set(body: kopf.Body, state: _State, name: str, namespace: str) -> Any:
+    try:
+        return await asyncio.to_thread(
+            client.AppsV1Api().read_namespaced_stateful_set, name, namespace
+        )
+    except ApiException as error:
+        if error.status != 404:
+            raise _api_failure(body, state, f"StatefulSet {name}", error) from None
+        return None
+
+
+async def _list_pods(body: kopf.Body, state: _State, name: str, namespace: str) -> list[Any]:
+    selector = ",".join(f"{key}={value}" for key, value in selector_labels(name).items())
+    try:
+        found = await asyncio.to_thread(
+            client.CoreV1Api().list_namespaced_pod, namespace, label_selector=selector
+        )
+    except ApiException as error:
+        raise _api_failure(body, state, f"pods of {name}", error) from None
+    return list(found.items)
+
+
+# --- objects ---------------------------------------------------------------------------
+
+
+async def _apply(
+    body: kopf.Body,
+    name: str,
+    namespace: str,
+    parsed: BrokerSpec,
+    env: Mapping[str, str],
+    state: _State,
+) -> None:
     changed = False
     for manifest in manifests(name, namespace, parsed, env):
         kopf.append_owner_reference(manifest, owner=body)
@@ -211,8 +607,7 @@ def _report(body: kopf.Body, state: _State, manifest: Mapping[str, Any], outcome
             kopf.info(
                 body,
                 reason="Scaled",
-                message=f"{subject} scaled from {before} to {after} brokers (partitions are "
-                "not moved onto new brokers nor drained from leaving ones)",
+                message=f"{subject} scaled from {before} to {after} brokers",
             )
         else:
             kopf.info(body, reason="Updated", message=f"{subject} updated to match the spec")
@@ -240,20 +635,44 @@ def _api_failure(
 
 async def _publish_status(
     body: kopf.Body,
-    spec: Mapping[str, Any],
     status: Mapping[str, Any],
     name: str,
     namespace: str,
-    settings: OperatorSettings,
     state: _State,
+    seen: _Round,
+    wanted: int,
 ) -> None:
-    observed = await _observe(body, spec, name, namespace, state)
+    observed = Observed(
+        replicas=wanted,
+        ready_replicas=seen.ready,
+        cluster=seen.cluster,
+        cluster_error=seen.cluster_error,
+        refusal=state.refusal,
+    )
+    scaling = state.scaling or _Scaling()
+    remaining = sum(key in seen.reassignments for key in scaling.planned)
+    if scaling.phase == DRAINING and seen.cluster is not None:
+        remaining = len(
+            set(undrained(seen.cluster.partitions, seen.reassignments, scaling.brokers))
+            & scaling.planned
+        )
     new_status = broker_status(
         observed,
         bootstrap=bootstrap(name, namespace),
         observed_generation=state.observed_generation or status.get("observedGeneration"),
         previous=status,
         now=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        scaling={
+            "scaling": scaling.report(remaining),
+            "rollingRestart": {
+                "revision": scaling.revision,
+                "restartedBrokers": list(scaling.restarted),
+                "pendingBrokers": list(scaling.brokers) if scaling.phase == RESTARTING else [],
+            }
+            if scaling.revision
+            else None,
+            "autoscale": state.autoscale,
+        },
     )
     ready = new_status["conditions"][0]
     metrics.record_broker_status(
@@ -280,32 +699,4 @@ async def _publish_status(
 def _patch_status(name: str, namespace: str, changes: Mapping[str, Any]) -> None:
     client.CustomObjectsApi().patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, PLURAL, name, {"status": changes}, _content_type=_MERGE_PATCH
-    )
-
-
-async def _observe(
-    body: kopf.Body, spec: Mapping[str, Any], name: str, namespace: str, state: _State
-) -> Observed:
-    replicas = spec.get("replicas", 3)
-    try:
-        stateful_set = await asyncio.to_thread(
-            client.AppsV1Api().read_namespaced_stateful_set_status, name, namespace
-        )
-        ready = (stateful_set.status and stateful_set.status.ready_replicas) or 0
-    except ApiException as error:
-        if error.status != 404:
-            raise _api_failure(body, state, f"StatefulSet {name}", error) from None
-        ready = 0
-    cluster, cluster_error = None, None
-    if ready:
-        try:
-            cluster = await read_cluster(bootstrap(name, namespace))
-        except (KafkaRequestError, OSError) as error:
-            cluster_error = str(error)
-    return Observed(
-        replicas=replicas,
-        ready_replicas=ready,
-        cluster=cluster,
-        cluster_error=cluster_error,
-        refusal=state.refusal,
     )

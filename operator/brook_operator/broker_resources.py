@@ -4,8 +4,9 @@ The pod contract every broker relies on: the StatefulSet ordinal is the node id,
 first ``min(replicas, 3)`` pods are the metadata quorum's voters (the others observe
 it), each pod advertises its stable DNS name under the headless Service, and broker
 settings arrive as ``BROOK_*`` variables from the ConfigMap. A change of those settings
-changes the pod template's ``brook.dev/config-hash`` annotation, which rolls the pods:
-a broker reads its settings once, at start.
+changes the pod template's ``brook.dev/config-hash`` annotation: a broker reads its
+settings once, at start. The StatefulSet's pods are replaced ``OnDelete``: the operator
+restarts them itself, one at a time, when every partition can spare the broker.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from brook_broker.metadata.topic_config import (
     BrokerSetting,
     ConfigType,
 )
+from kubernetes.utils.quantity import parse_quantity
 
 GROUP = "brook.dev"
 VERSION = "v1alpha1"
@@ -36,6 +38,9 @@ MAX_VOTERS = 3
 RUN_AS = 10001
 DEFAULT_STORAGE = "10Gi"
 DEFAULT_TOPOLOGY_KEY = "topology.kubernetes.io/zone"
+DEFAULT_REPLICATION_THROTTLE = 50 * 2**20
+"""Bytes/s a leader sends to the replicas a reassignment adds: moving partitions onto new
+brokers or off leaving ones must not starve the followers already in sync."""
 HOSTNAME_KEY = "kubernetes.io/hostname"
 CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"
 
@@ -72,6 +77,10 @@ class BrokerSpec:
     rack_enabled: bool = False
     topology_key: str = DEFAULT_TOPOLOGY_KEY
     max_unavailable: int = 1
+    replication_throttle: int = DEFAULT_REPLICATION_THROTTLE
+    """Bytes/s; -1 for none."""
+    autoscale: Autoscale | None = None
+    """None unless enabled."""
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any], default_image: str) -> BrokerSpec:
@@ -88,6 +97,10 @@ class BrokerSpec:
             rack_enabled=bool(rack.get("enabled", False)),
             topology_key=rack.get("topologyKey") or DEFAULT_TOPOLOGY_KEY,
             max_unavailable=budget.get("maxUnavailable", 1),
+            replication_throttle=spec.get(
+                "replicationThrottleBytesPerSecond", DEFAULT_REPLICATION_THROTTLE
+            ),
+            autoscale=Autoscale.parse(spec.get("autoscale") or {}),
         )
         for name, value in (
             ("replicas", parsed.replicas),
@@ -97,7 +110,49 @@ class BrokerSpec:
                 raise InvalidSpec("InvalidSpec", f"{name} must be a whole number, got {value!r}")
         if parsed.replicas < 1:
             raise InvalidSpec("InvalidSpec", "replicas must be at least 1")
+        throttle = parsed.replication_throttle
+        if not isinstance(throttle, int) or isinstance(throttle, bool) or throttle < -1:
+            raise InvalidSpec(
+                "InvalidSpec",
+                f"replicationThrottleBytesPerSecond must be -1 (no limit) or a whole number "
+                f"of bytes, got {throttle!r}",
+            )
+        if parsed.autoscale and parsed.autoscale.max_replicas < parsed.replicas:
+            raise InvalidSpec(
+                "InvalidSpec",
+                f"autoscale.maxReplicas {parsed.autoscale.max_replicas} is below replicas "
+                f"{parsed.replicas}",
+            )
         return parsed
+
+
+@dataclass(frozen=True)
+class Autoscale:
+    """``spec.autoscale``: brokers are added (never removed by themselves) while the
+    cluster holds more partition replicas or log bytes per broker than allowed."""
+
+    max_replicas: int
+    max_partitions_per_broker: int | None = None
+    max_bytes_per_broker: int | None = None
+
+    @classmethod
+    def parse(cls, spec: Mapping[str, Any]) -> Autoscale | None:
+        if not spec.get("enabled", False):
+            return None
+        limit = spec.get("maxBytesPerBroker")
+        try:
+            max_bytes = None if limit is None else int(parse_quantity(str(limit)))
+        except ValueError:
+            raise InvalidSpec(
+                "InvalidSpec", f"autoscale.maxBytesPerBroker {limit!r} is not a quantity"
+            ) from None
+        if "maxReplicas" not in spec:
+            raise InvalidSpec("InvalidSpec", "autoscale.maxReplicas is required when enabled")
+        return cls(
+            max_replicas=int(spec["maxReplicas"]),
+            max_partitions_per_broker=spec.get("maxPartitionsPerBroker"),
+            max_bytes_per_broker=max_bytes,
+        )
 
 
 # --- broker settings -------------------------------------------------------------------
@@ -315,6 +370,7 @@ def container_env(name: str, namespace: str, spec: BrokerSpec) -> list[dict[str,
             "value": controller_quorum(name, namespace, spec.replicas),
         },
         {"name": "BROOK_CLUSTER_ID", "value": f"{namespace}.{name}"},
+        {"name": "BROOK_REPLICATION_THROTTLE_BYTES", "value": str(spec.replication_throttle)},
     ]
     if spec.rack_enabled:
         env += [
@@ -377,7 +433,7 @@ def stateful_set(
             "serviceName": headless_service_name(name),
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": selector},
-            "updateStrategy": {"type": "RollingUpdate"},
+            "updateStrategy": {"type": "OnDelete"},
             "template": {
                 "metadata": {
                     "labels": labels(name),

@@ -89,9 +89,12 @@ def broker_status(
     observed_generation: int | None,
     previous: Mapping[str, Any],
     now: str,
+    scaling: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole status; the condition's lastTransitionTime moves only when its status
-    flips. Counts the cluster could not tell are None (removed by a merge patch)."""
+    flips. Counts the cluster could not tell are None (removed by a merge patch).
+    ``scaling`` adds the progress of scaling and rolling restarts (``scaling``,
+    ``rollingRestart``, ``autoscale``)."""
     ready, reason, message = ready_condition(observed)
     counts = partition_counts(observed.cluster.partitions) if observed.cluster else None
     earlier = next((c for c in previous.get("conditions") or () if c.get("type") == READY), None)
@@ -110,6 +113,7 @@ def broker_status(
         "underMinIsrPartitions": counts.under_min_isr if counts else None,
         "offlinePartitions": counts.offline if counts else None,
         "observedGeneration": observed_generation,
+        **(scaling or {}),
         "conditions": [
             {
                 "type": READY,

@@ -4,13 +4,13 @@ leader, replicas and ISR with its topic's ``min.insync.replicas``.
 
 The reads build on the admin client of :mod:`brook_operator.kafka_admin`; the two reads
 only the Broker status needs (every topic at once, one config of many topics in one
-DescribeConfigs) are added here.
+DescribeConfigs) are added here, with the preferred leader election that ends a scale-out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from brook_broker.protocol.cluster_client import Api
@@ -18,6 +18,9 @@ from brook_broker.protocol.cluster_client import Api
 from .kafka_admin import KafkaAdmin
 
 _DESCRIBE_CONFIGS = Api(32, 1, 4)
+_ELECT_LEADERS = Api(43, 1, 2)
+_PREFERRED = 0
+_ELECTION_NOT_NEEDED = 84
 _TOPIC_RESOURCE = 2
 MIN_INSYNC_REPLICAS = "min.insync.replicas"
 
@@ -38,6 +41,7 @@ class ClusterView:
     """Node ids of the brokers registered with the active controller."""
     controller: int | None
     partitions: tuple[PartitionView, ...]
+    racks: Mapping[int, str | None] = field(default_factory=dict)
 
 
 class ClusterReader(KafkaAdmin):
@@ -63,7 +67,24 @@ class ClusterReader(KafkaAdmin):
                 if topic is not None
                 for partition in topic.partitions
             ),
+            racks={broker.node_id: broker.rack for broker in cluster.brokers},
         )
+
+    async def elect_preferred_leaders(self) -> None:
+        """Give every partition's leadership to its first replica where it is in sync
+        (a partition already led by it needs no election)."""
+        body = {"election_type": _PREFERRED, "topic_partitions": None, "timeout": self._timeout_ms}
+
+        def failures(response: Any) -> list[tuple[str, int, str | None]]:
+            found = [("the election", getattr(response, "error_code", 0), None)]
+            for topic in response.replica_election_results:
+                for result in topic.partition_result:
+                    if result.error_code != _ELECTION_NOT_NEEDED:
+                        subject = f"partition {topic.topic}-{result.partition_id}"
+                        found.append((subject, result.error_code, result.error_message))
+            return found
+
+        await self._ask(_ELECT_LEADERS, body, failures)
 
     async def min_insync_replicas(self, topics: Sequence[str]) -> dict[str, int]:
         """Each topic's effective min.insync.replicas, in one request; topics deleted

@@ -222,7 +222,7 @@ class KafkaAdmin:
     ) -> dict[tuple[str, int], Reassignment]:
         """Reassignments in progress, of every topic (None) or of the topics named."""
         wanted = None if topics is None else set(topics)
-        body = {"timeout_ms": self._timeout_ms, "topics": None}
+        body = {"timeout": self._timeout_ms, "topics": None}
         response = await self._ask(
             _LIST_PARTITION_REASSIGNMENTS,
             body,
@@ -261,7 +261,7 @@ class KafkaAdmin:
                     "configs": [{"name": k, "value": v} for k, v in (configs or {}).items()],
                 }
             ],
-            "timeout_ms": self._timeout_ms,
+            "timeout": self._timeout_ms,
             "validate_only": False,
         }
         response = await self._ask(
@@ -274,7 +274,7 @@ class KafkaAdmin:
         """Grow the topic to ``count`` partitions in all (placed by the controller)."""
         body = {
             "topics": [{"name": name, "count": count, "assignments": None}],
-            "timeout_ms": self._timeout_ms,
+            "timeout": self._timeout_ms,
             "validate_only": False,
         }
         await self._ask(
@@ -306,7 +306,7 @@ class KafkaAdmin:
     ) -> None:
         """Move each partition to its target replicas (None cancels its reassignment)."""
         body = {
-            "timeout_ms": self._timeout_ms,
+            "timeout": self._timeout_ms,
             "topics": [
                 {
                     "name": name,
@@ -335,7 +335,7 @@ class KafkaAdmin:
         body = {
             "topics": [{"name": name}],
             "topic_names": [name],
-            "timeout_ms": self._timeout_ms,
+            "timeout": self._timeout_ms,
         }
         await self._ask(
             _DELETE_TOPICS, body, lambda response: _failures(response.responses, "name")

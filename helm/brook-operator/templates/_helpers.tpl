@@ -56,8 +56,8 @@ app.kubernetes.io/component: operator
 What the operator does in a namespace it handles: the brook.dev resources (Kopf patches
 them for finalizers and its progress annotations, and writes their status; "finalizers"
 lets it set blockOwnerDeletion on the objects it owns), the objects it makes for each
-Broker (and the StatefulSet's status), the pods and volume claims it reads, and the
-Events it reports.
+Broker (and the StatefulSet's status), the pods and volume claims it reads (and the broker
+pods it restarts one at a time), and the Events it reports.
 */}}
 {{- define "brook-operator.namespacedRules" -}}
 - apiGroups: [brook.dev]
@@ -78,12 +78,21 @@ Events it reports.
 - apiGroups: [apps]
   resources: [statefulsets/status]
   verbs: [get]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch]
+- apiGroups: [apps]
+  resources: [deployments/scale, statefulsets/scale]
+  verbs: [get, update, patch]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, update, patch, delete]
 - apiGroups: [""]
   resources: [pods, persistentvolumeclaims]
   verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [delete]
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]

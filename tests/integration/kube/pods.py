@@ -12,7 +12,10 @@ sets' status; the kubelet runs the single container of every Pod as a local proc
   namespace where each directory is bind-mounted at the container's ``mountPath``;
 - the readinessProbe (httpGet) decides the pod's Ready condition; a process that exits is
   restarted (restartCount grows); a Pod object deleted has its process stopped (SIGTERM,
-  SIGKILL after the grace period) before a pod of the same name starts again.
+  SIGKILL after the grace period) before a pod of the same name starts again;
+- a StatefulSet's ``updateStrategy`` is followed: ``RollingUpdate`` replaces outdated pods
+  itself, highest ordinal first; under ``OnDelete`` a template change restarts nothing,
+  and a pod deleted comes back with the current template.
 """
 
 from __future__ import annotations
@@ -600,6 +603,7 @@ class PodInstance:
                 {
                     "name": self.container.get("name", "main"),
                     "image": self.container.get("image", ""),
+                    "imageID": "",
                     "ready": self.ready,
                     "started": running,
                     "restartCount": self.restarts,
