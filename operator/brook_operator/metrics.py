@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import Counter, Gauge, start_http_server
 
 RECONCILIATIONS = Counter(
@@ -14,6 +16,11 @@ TOPIC_ACTIONS = Counter(
     "Admin actions the Topic controller applied, by action (CreateTopic, GrowPartitions, "
     "AlterConfigs, Reassign, delete).",
     ["action"],
+)
+PARTITIONS_AUTOSCALED = Counter(
+    "brook_operator_topic_partitions_autoscaled",
+    "Partitions a Topic's partitionAutoscale policy added to its topic.",
+    ["namespace", "topic"],
 )
 MANAGED_RESOURCES = Gauge(
     "brook_operator_managed_resources",
@@ -92,3 +99,57 @@ def serve(port: int) -> None:
     """Serve /metrics from a thread of its own (0: not at all)."""
     if port:
         start_http_server(port)
+
+
+CONSUMER_GROUP_LAG = Gauge(
+    "brook_operator_consumer_group_lag",
+    "Records a ConsumerGroup's consumer group has yet to consume, per partition, at its "
+    "last read (records below the log start are not counted).",
+    ["namespace", "name", "topic", "partition"],
+)
+CONSUMER_GROUP_DESIRED_REPLICAS = Gauge(
+    "brook_operator_consumer_group_desired_replicas",
+    "The replica count a ConsumerGroup's lag asks for now (bounded by its replica limits and "
+    "the partitions with lag), before stabilization windows and cooldown.",
+    ["namespace", "name"],
+)
+CONSUMER_GROUP_STUCK_PARTITIONS = Gauge(
+    "brook_operator_consumer_group_stuck_partitions",
+    "Partitions with lag whose committed offset has not moved while the group consumes.",
+    ["namespace", "name"],
+)
+CONSUMER_GROUP_SCALE_DECISIONS = Counter(
+    "brook_operator_consumer_group_scale_decisions",
+    "Replica counts a ConsumerGroup wrote to its target, by direction (up, down) and reason.",
+    ["namespace", "name", "direction", "reason"],
+)
+
+_GROUP_PARTITIONS: dict[tuple[str, str], set[tuple[str, str]]] = {}
+
+
+def record_consumer_group(
+    namespace: str,
+    name: str,
+    lags: Mapping[tuple[str, int], int | None],
+    desired_replicas: int,
+    stuck_partitions: int,
+) -> None:
+    """Partitions whose lag is unknown (or that are gone) lose their series."""
+    known = {
+        (topic, str(partition)): lag for (topic, partition), lag in lags.items() if lag is not None
+    }
+    for topic, partition in _GROUP_PARTITIONS.get((namespace, name), set()) - known.keys():
+        CONSUMER_GROUP_LAG.remove(namespace, name, topic, partition)
+    for (topic, partition), lag in known.items():
+        CONSUMER_GROUP_LAG.labels(namespace, name, topic, partition).set(lag)
+    _GROUP_PARTITIONS[(namespace, name)] = set(known)
+    CONSUMER_GROUP_DESIRED_REPLICAS.labels(namespace, name).set(desired_replicas)
+    CONSUMER_GROUP_STUCK_PARTITIONS.labels(namespace, name).set(stuck_partitions)
+
+
+def forget_consumer_group(namespace: str, name: str) -> None:
+    """Drop a deleted ConsumerGroup's gauges (its decision counts stay, as counters do)."""
+    for topic, partition in _GROUP_PARTITIONS.pop((namespace, name), set()):
+        CONSUMER_GROUP_LAG.remove(namespace, name, topic, partition)
+    for gauge in (CONSUMER_GROUP_DESIRED_REPLICAS, CONSUMER_GROUP_STUCK_PARTITIONS):
+        gauge.remove(namespace, name)

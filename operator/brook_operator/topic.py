@@ -7,11 +7,17 @@ band (configs, partitions added with other tools are kept since they cannot go) 
 refreshes the status. What to do is decided by :func:`topic_plan.plan_topic`; each action
 and each refusal is an Event. Deleting the resource deletes the topic unless
 ``deletionPolicy`` is ``Retain`` (Kopf's finalizer holds the resource until then).
+
+With ``partitionAutoscale`` enabled, each reconciliation also reads the ConsumerGroups of
+the namespace and lets :func:`topic_plan.plan_partition_growth` decide whether the topic
+needs more partitions; a growth raises ``status.autoscaledPartitions``, which the
+reconciliation then applies like a larger ``spec.partitions``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +33,7 @@ from . import metrics
 from .broker_resources import GROUP, VERSION, bootstrap
 from .kafka_admin import KafkaAdmin, KafkaAdminError, TopicDescription
 from .topic_plan import (
+    PARTITIONS_AUTOSCALED,
     RECONCILING,
     RETAIN,
     Action,
@@ -38,16 +45,23 @@ from .topic_plan import (
     Reassign,
     TopicPlan,
     TopicSpec,
+    autoscale_status,
     conditions,
     describe_action,
+    groups_reading,
+    parse_timestamp,
     partitions_status,
+    plan_partition_growth,
     plan_topic,
     ready_finding,
+    ready_partition_count,
+    timestamp,
 )
 
 PLURAL = "topics"
 KIND = "Topic"
 BROKER_PLURAL = "brokers"
+CONSUMER_GROUP_PLURAL = "consumergroups"
 RECONCILE_INTERVAL_S = 10.0
 CLUSTER_NOT_FOUND = "ClusterNotFound"
 CLUSTER_UNAVAILABLE = "ClusterUnavailable"
@@ -161,6 +175,7 @@ async def _reconcile(
             _conclude(body, state, patch, previous, False, finding, (), "failed")
             return
         cluster_size = int((broker.get("spec") or {}).get("replicas", 3))
+        topic = await _autoscale_partitions(body, topic, status, meta, namespace, patch)
         try:
             async with KafkaAdmin(bootstrap(topic.cluster, namespace)) as admin:
                 plan, observed, applied = await _apply(body, state, admin, topic, cluster_size)
@@ -240,6 +255,59 @@ async def run_action(admin: KafkaAdmin, name: str, action: Action) -> None:
         await admin.alter_partition_reassignments(name, action.targets)
 
 
+async def _autoscale_partitions(
+    body: kopf.Body,
+    topic: TopicSpec,
+    status: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    namespace: str,
+    patch: kopf.Patch,
+) -> TopicSpec:
+    """The spec to reconcile to: ``spec.partitions`` raised to the count the
+    partitionAutoscale policy grew the topic to, after this round's decision (status,
+    Event and metric when it grows)."""
+    autoscaled = int(status.get("autoscaledPartitions") or 0)
+    policy = topic.partition_autoscale
+    previous = status.get("partitionAutoscale") or {}
+    if not policy.enabled:
+        if previous:
+            patch.status["partitionAutoscale"] = None
+    else:
+        now = datetime.datetime.now(datetime.UTC)
+        groups = groups_reading(
+            await _list_consumer_groups(namespace), topic.cluster, topic.topic_name
+        )
+        current = ready_partition_count(status, meta.get("generation"))
+        growth = plan_partition_growth(
+            policy, current, parse_timestamp(previous.get("cappedSince")), groups, now
+        )
+        patch.status["partitionAutoscale"] = autoscale_status(growth, previous, now)
+        if growth.count is not None and current is not None:
+            autoscaled = growth.count
+            patch.status["autoscaledPartitions"] = autoscaled
+            metrics.PARTITIONS_AUTOSCALED.labels(namespace, topic.topic_name).inc(
+                growth.count - current
+            )
+            kopf.info(body, reason=PARTITIONS_AUTOSCALED, message=growth.message)
+    return dataclasses.replace(topic, partitions=max(topic.partitions, autoscaled))
+
+
+async def _list_consumer_groups(namespace: str) -> list[dict[str, Any]]:
+    try:
+        listed: dict[str, Any] = await asyncio.to_thread(
+            client.CustomObjectsApi().list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            CONSUMER_GROUP_PLURAL,
+        )
+    except ApiException as error:
+        raise kopf.TemporaryError(
+            f"listing ConsumerGroups: {error.status} {error.reason}", delay=5
+        ) from None
+    return list(listed.get("items") or ())
+
+
 def _conclude(
     body: kopf.Body,
     state: _State,
@@ -252,7 +320,7 @@ def _conclude(
 ) -> None:
     """Conditions into the status; an Event when the topic stops being ready for a new
     reason (refused, cluster missing or unreachable), not again at every timer tick."""
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = timestamp(datetime.datetime.now(datetime.UTC))
     patch.status["conditions"] = conditions(ready, finding, warnings, previous, now)
     metrics.RECONCILIATIONS.labels(KIND, outcome).inc()
     event = f"{finding.reason}: {finding.message}"

@@ -9,12 +9,19 @@ was set out of band and is deleted. Replication-factor changes are reassignments
 one runs, nothing else but configs is changed, and ``min.insync.replicas`` is raised
 above the replicas a partition has only once its new replicas are there (acks=all
 writes would be refused meanwhile).
+
+``partitionAutoscale`` (opt-in) grows the partitions when the topic's consumers cannot
+keep up: :func:`plan_partition_growth` decides from the ConsumerGroups reading the topic.
+The count it grows to is kept in the status (``autoscaledPartitions``) and wins over a
+smaller ``spec.partitions``, so that applying the original manifest again neither
+shrinks the topic (Kafka cannot) nor fights the policy.
 """
 
 from __future__ import annotations
 
+import datetime
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +45,28 @@ MIN_ISR_EQUALS_REPLICATION_FACTOR = "MinIsrEqualsReplicationFactor"
 
 
 @dataclass(frozen=True)
+class PartitionAutoscale:
+    """``spec.partitionAutoscale``: when to add partitions for consumers that cannot keep up."""
+
+    enabled: bool = False
+    max_partitions: int = 0
+    step: int | None = None
+    """Partitions added at a time; None doubles the current count."""
+    after_seconds: int = 300
+
+    @classmethod
+    def from_resource(cls, policy: Mapping[str, Any] | None) -> PartitionAutoscale:
+        policy = policy or {}
+        step = policy.get("step")
+        return cls(
+            enabled=bool(policy.get("enabled", False)),
+            max_partitions=int(policy.get("maxPartitions", 0)),
+            step=None if step is None else int(step),
+            after_seconds=int(policy.get("afterSeconds", 300)),
+        )
+
+
+@dataclass(frozen=True)
 class TopicSpec:
     """A Topic resource's spec with the CRD's defaults filled in."""
 
@@ -48,6 +77,7 @@ class TopicSpec:
     min_insync_replicas: int = 2
     config: Mapping[str, str] = field(default_factory=dict)
     deletion_policy: str = DELETE
+    partition_autoscale: PartitionAutoscale = field(default_factory=PartitionAutoscale)
 
     @classmethod
     def from_resource(cls, name: str, spec: Mapping[str, Any]) -> TopicSpec:
@@ -59,6 +89,7 @@ class TopicSpec:
             min_insync_replicas=int(spec.get("minInsyncReplicas", 2)),
             config={str(k): str(v) for k, v in (spec.get("config") or {}).items()},
             deletion_policy=str(spec.get("deletionPolicy", DELETE)),
+            partition_autoscale=PartitionAutoscale.from_resource(spec.get("partitionAutoscale")),
         )
 
 
@@ -402,3 +433,177 @@ def describe_action(action: Action) -> str:
         return "configs: " + ", ".join(changes)
     moves = ", ".join(f"{p}: {list(r)}" for p, r in sorted(action.targets.items()))
     return f"reassign to replication factor {action.replication_factor} ({moves})"
+
+
+# --- partition autoscaling ---------------------------------------------------------------
+
+# Reasons of the policy's last decision (status.partitionAutoscale); the first is also
+# the reason of the Event of a growth.
+PARTITIONS_AUTOSCALED = "PartitionsAutoscaled"
+TOPIC_NOT_READY = "TopicNotReady"
+AT_MAX_PARTITIONS = "AtMaxPartitions"
+NOT_CAPPED = "NotCappedByPartitions"
+CAPPED_BY_PARTITIONS = "CappedByPartitions"
+"""Also the type of the ConsumerGroup condition saying since when it is capped."""
+
+
+@dataclass(frozen=True)
+class GroupSignal:
+    """What a ConsumerGroup's status says about the topic's partitions being its limit."""
+
+    name: str
+    capped: bool
+    lag_growth_per_second: float | None
+    capped_since: datetime.datetime | None = None
+    """When the group's CappedByPartitions condition last turned True, if it says."""
+
+    @property
+    def wants_partitions(self) -> bool:
+        """Capped at the partition count while the lag still grows: more replicas cannot
+        help, more partitions can."""
+        return self.capped and (self.lag_growth_per_second or 0.0) > 0
+
+    def describe(self) -> str:
+        rate = self.lag_growth_per_second
+        if not self.capped:
+            return f"ConsumerGroup {self.name!r} is not capped by partitions"
+        if rate is None or rate <= 0:
+            growth = "no lag growth reported" if rate is None else f"lag not growing ({rate:g}/s)"
+            return f"ConsumerGroup {self.name!r} is capped by partitions with {growth}"
+        return f"ConsumerGroup {self.name!r} is capped by partitions with lag growing {rate:g}/s"
+
+
+def groups_reading(
+    resources: Iterable[Mapping[str, Any]], cluster: str, topic_name: str
+) -> list[GroupSignal]:
+    """The signals of the ConsumerGroup resources (of the Topic's namespace) that read
+    ``topic_name`` in ``cluster``. A status written for an older spec of its group says
+    nothing about the group as it is now and is left out."""
+    signals = []
+    for group in resources:
+        spec = group.get("spec") or {}
+        status = group.get("status") or {}
+        if spec.get("cluster") != cluster or topic_name not in (spec.get("topics") or ()):
+            continue
+        observed = status.get("observedGeneration")
+        if observed is not None and observed != (group.get("metadata") or {}).get("generation"):
+            continue
+        capped_condition = [
+            c
+            for c in status.get("conditions") or ()
+            if c.get("type") == CAPPED_BY_PARTITIONS and c.get("status") == "True"
+        ]
+        rate = status.get("lagGrowthPerSecond")
+        signals.append(
+            GroupSignal(
+                name=str((group.get("metadata") or {}).get("name", "")),
+                capped=status.get("cappedByPartitions") is True,
+                lag_growth_per_second=None if rate is None else float(rate),
+                capped_since=parse_timestamp(
+                    capped_condition[0].get("lastTransitionTime") if capped_condition else None
+                ),
+            )
+        )
+    return sorted(signals, key=lambda signal: signal.name)
+
+
+@dataclass(frozen=True)
+class PartitionGrowth:
+    """The policy's decision at one reconciliation."""
+
+    reason: str
+    message: str
+    capped_since: datetime.datetime | None = None
+    """Since when some group has wanted partitions at every look (the policy's memory)."""
+    count: int | None = None
+    """The partition count to grow to; None: no growth now."""
+
+
+def plan_partition_growth(
+    policy: PartitionAutoscale,
+    partitions: int | None,
+    capped_since: datetime.datetime | None,
+    groups: Sequence[GroupSignal],
+    now: datetime.datetime,
+) -> PartitionGrowth:
+    """Whether to grow a topic of ``partitions`` partitions (None: not Ready, so not
+    now), given since when groups have wanted more (``capped_since``, from the status)
+    and what the groups say now.
+
+    The topic grows by ``step`` (capped at ``maxPartitions``) once some group has been
+    capped by partitions with growing lag at every look for ``afterSeconds``; a look
+    where none is restarts the wait, and so does a growth, which gives the groups time to
+    spread over the new partitions before they count again.
+    """
+    if partitions is None:
+        return PartitionGrowth(
+            TOPIC_NOT_READY, "partitions grow only while the topic is Ready", capped_since
+        )
+    if partitions >= policy.max_partitions:
+        return PartitionGrowth(
+            AT_MAX_PARTITIONS,
+            f"the topic has {partitions} partitions, maxPartitions is {policy.max_partitions}",
+        )
+    wanting = [group for group in groups if group.wants_partitions]
+    if not wanting:
+        found = "; ".join(group.describe() for group in groups)
+        return PartitionGrowth(NOT_CAPPED, found or "no ConsumerGroup reads the topic")
+    start = min(capped_since or now, now)
+    # A group that turned capped after the last look was not capped all along.
+    turned = [group.capped_since for group in wanting]
+    if all(turned):
+        start = max(start, min(t for t in turned if t is not None))
+    waited = max(0.0, (now - start).total_seconds())
+    why = f"{'; '.join(group.describe() for group in wanting)}, for {waited:.0f} s"
+    if waited < policy.after_seconds:
+        return PartitionGrowth(
+            CAPPED_BY_PARTITIONS, f"{why} of afterSeconds {policy.after_seconds}", start
+        )
+    step = policy.step or partitions
+    count = min(partitions + step, policy.max_partitions)
+    return PartitionGrowth(
+        PARTITIONS_AUTOSCALED,
+        f"grow partitions from {partitions} to {count} (step {step}, maxPartitions "
+        f"{policy.max_partitions}): {why} (afterSeconds {policy.after_seconds})",
+        now if count < policy.max_partitions else None,
+        count,
+    )
+
+
+def ready_partition_count(status: Mapping[str, Any], generation: int | None) -> int | None:
+    """The partitions of the topic if its last reconciliation found it Ready at the
+    resource's current generation (a growth starts from there), else None."""
+    ready = [c for c in status.get("conditions") or () if c.get("type") == READY]
+    if not ready or ready[0].get("status") != "True":
+        return None
+    if status.get("observedGeneration") != generation:
+        return None
+    return len(status.get("partitions") or ()) or None
+
+
+def autoscale_status(
+    growth: PartitionGrowth, previous: Mapping[str, Any], now: datetime.datetime
+) -> dict[str, Any]:
+    """``status.partitionAutoscale``: the last decision, the policy's memory, and when it
+    last grew the topic."""
+    return {
+        "reason": growth.reason,
+        "message": growth.message,
+        "cappedSince": timestamp(growth.capped_since) if growth.capped_since else None,
+        "lastGrowthTime": timestamp(now) if growth.count else previous.get("lastGrowthTime"),
+    }
+
+
+def timestamp(moment: datetime.datetime) -> str:
+    """A status time, as Kubernetes writes them (UTC, seconds)."""
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_timestamp(text: str | None) -> datetime.datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)

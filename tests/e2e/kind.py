@@ -174,8 +174,16 @@ class Cluster:
             raise
         return True
 
+    @property
+    def apps(self) -> client.AppsV1Api:
+        return client.AppsV1Api(self.api)
+
     def run_client(self, arguments: Sequence[str], timeout: float = 240) -> dict[str, Any]:
         """Run the Kafka client image as a pod in the cluster; its JSON result."""
+        return self.client_result(self.start_client(arguments), timeout)
+
+    def start_client(self, arguments: Sequence[str]) -> str:
+        """Start the Kafka client image as a pod in the cluster; the pod's name."""
         name = f"client-{uuid.uuid4().hex[:6]}"
         pod = {
             "metadata": {"name": name},
@@ -192,6 +200,10 @@ class Cluster:
             },
         }
         self.core.create_namespaced_pod(self.namespace, pod)
+        return name
+
+    def client_result(self, name: str, timeout: float = 240) -> dict[str, Any]:
+        """The JSON result of a client pod once it has finished; the pod is deleted."""
 
         def finished() -> str | None:
             phase = self.core.read_namespaced_pod(name, self.namespace).status.phase

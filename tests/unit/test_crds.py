@@ -239,6 +239,10 @@ def test_consumer_group_defaults() -> None:
         "offsetReset": "latest",
         "scaleUpStabilizationSeconds": 0,
         "scaleDownStabilizationSeconds": 300,
+        "intervalSeconds": 10,
+        "cooldownSeconds": 30,
+        "stuckPartitionSeconds": 300,
+        "scaleToZero": False,
     }
 
 

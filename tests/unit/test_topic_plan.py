@@ -1,8 +1,9 @@
 """The Topic controller's decisions: refusals, actions, warnings, replica placement and the
-conditions they turn into."""
+conditions they turn into; and when partitionAutoscale grows a topic."""
 
 from __future__ import annotations
 
+import datetime
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -12,15 +13,23 @@ from brook_operator.kafka_admin import PartitionDescription, TopicDescription
 from brook_operator.topic_plan import (
     AlterConfigs,
     CreateTopic,
+    GroupSignal,
     GrowPartitions,
     ObservedTopic,
+    PartitionAutoscale,
     Reassign,
     TopicSpec,
+    autoscale_status,
     conditions,
+    groups_reading,
+    plan_partition_growth,
     plan_topic,
     ready_finding,
+    ready_partition_count,
     replica_targets,
 )
+
+from tests.support.crds import cel_errors, load_crds, validation_errors
 
 BROKERS = [0, 1, 2]
 
@@ -225,3 +234,216 @@ def test_conditions_keep_their_transition_time() -> None:
     flipped = conditions(ready, finding, (), again, "2024-01-01T00:06:00Z")
     assert flipped[0]["status"] == "False" and flipped[0]["lastTransitionTime"].endswith("06:00Z")
     assert flipped[0]["message"].startswith("refused, nothing changed:")
+
+
+# --- partitionAutoscale -------------------------------------------------------------------
+
+T0 = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
+POLICY = PartitionAutoscale(enabled=True, max_partitions=12, step=3, after_seconds=60)
+
+
+def at(seconds: float) -> datetime.datetime:
+    return T0 + datetime.timedelta(seconds=seconds)
+
+
+def capped(name: str = "workers", rate: float = 40.0, since: float | None = None) -> GroupSignal:
+    return GroupSignal(name, True, rate, None if since is None else at(since))
+
+
+def test_partition_autoscale_follows_the_crd_defaults() -> None:
+    assert spec().partition_autoscale == PartitionAutoscale(False, 0, None, 300)
+    policy = spec(partitionAutoscale={"enabled": True, "maxPartitions": 24}).partition_autoscale
+    assert (policy.enabled, policy.max_partitions, policy.step, policy.after_seconds) == (
+        True,
+        24,
+        None,
+        300,
+    )
+
+
+def test_a_capped_group_with_growing_lag_grows_the_topic_after_the_wait() -> None:
+    first = plan_partition_growth(POLICY, 3, None, [capped()], at(0))
+    assert (first.count, first.capped_since, first.reason) == (None, at(0), "CappedByPartitions")
+    assert "'workers' is capped by partitions with lag growing 40/s, for 0 s of" in first.message
+
+    waiting = plan_partition_growth(POLICY, 3, first.capped_since, [capped()], at(59))
+    assert (waiting.count, waiting.capped_since) == (None, at(0))
+
+    grown = plan_partition_growth(POLICY, 3, waiting.capped_since, [capped()], at(61))
+    assert grown.count == 6 and grown.reason == "PartitionsAutoscaled"
+    assert grown.message.startswith("grow partitions from 3 to 6 (step 3, maxPartitions 12): ")
+    assert "for 61 s (afterSeconds 60)" in grown.message
+    # The wait starts again at the growth: the group gets time to use the new partitions.
+    assert grown.capped_since == at(61)
+    again = plan_partition_growth(POLICY, 6, grown.capped_since, [capped()], at(91))
+    assert again.count is None
+
+
+def test_growth_stops_at_max_partitions() -> None:
+    last = plan_partition_growth(POLICY, 10, at(0), [capped()], at(60))
+    assert last.count == 12 and last.capped_since is None
+    at_max = plan_partition_growth(POLICY, 12, None, [capped()], at(120))
+    assert at_max.count is None and at_max.reason == "AtMaxPartitions"
+    assert at_max.message == "the topic has 12 partitions, maxPartitions is 12"
+
+
+def test_without_a_step_the_count_doubles() -> None:
+    doubling = PartitionAutoscale(enabled=True, max_partitions=100, after_seconds=0)
+    assert plan_partition_growth(doubling, 6, None, [capped()], at(0)).count == 12
+
+
+@pytest.mark.parametrize(
+    ("groups", "words"),
+    [
+        ([], "no ConsumerGroup reads the topic"),
+        ([GroupSignal("workers", False, 40.0)], "'workers' is not capped by partitions"),
+        ([capped(rate=-5.0)], "'workers' is capped by partitions with lag not growing (-5/s)"),
+        ([capped(rate=0.0)], "lag not growing (0/s)"),
+        ([GroupSignal("workers", True, None)], "with no lag growth reported"),
+    ],
+)
+def test_no_group_wanting_partitions_forgets_the_wait(
+    groups: list[GroupSignal], words: str
+) -> None:
+    decision = plan_partition_growth(POLICY, 3, at(0), groups, at(600))
+    assert (decision.count, decision.capped_since, decision.reason) == (
+        None,
+        None,
+        "NotCappedByPartitions",
+    )
+    assert words in decision.message
+
+
+def test_one_group_wanting_partitions_is_enough() -> None:
+    groups = [GroupSignal("audit", False, 0.0), capped("billing")]
+    decision = plan_partition_growth(POLICY, 3, at(0), groups, at(60))
+    assert decision.count == 6
+    assert "'billing'" in decision.message and "'audit'" not in decision.message
+
+
+def test_a_topic_not_ready_does_not_grow_and_keeps_the_wait() -> None:
+    decision = plan_partition_growth(POLICY, None, at(0), [capped()], at(600))
+    assert (decision.count, decision.capped_since, decision.reason) == (
+        None,
+        at(0),
+        "TopicNotReady",
+    )
+
+
+def test_a_group_capped_again_between_two_looks_starts_the_wait_again() -> None:
+    # Seen capped since 0, but the group's condition says it turned capped at 50.
+    decision = plan_partition_growth(POLICY, 3, at(0), [capped(since=50)], at(70))
+    assert (decision.count, decision.capped_since) == (None, at(50))
+    # A condition older than the first look does not shorten the wait.
+    decision = plan_partition_growth(POLICY, 3, None, [capped(since=-600)], at(0))
+    assert (decision.count, decision.capped_since) == (None, at(0))
+
+
+def group_resource(
+    name: str,
+    *,
+    cluster: str = "kafka",
+    topics: Sequence[str] = ("orders",),
+    generation: int = 1,
+    **status: Any,
+) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "generation": generation},
+        "spec": {"cluster": cluster, "topics": list(topics)},
+        "status": status,
+    }
+
+
+def test_groups_reading_the_topic_in_its_cluster_count() -> None:
+    transition = {
+        "type": "CappedByPartitions",
+        "status": "True",
+        "lastTransitionTime": "2025-01-01T00:00:50Z",
+    }
+    resources = [
+        group_resource(
+            "workers",
+            topics=["audit", "orders"],
+            cappedByPartitions=True,
+            lagGrowthPerSecond=12,
+            observedGeneration=1,
+            conditions=[{"type": "Ready", "status": "True"}, transition],
+        ),
+        group_resource("elsewhere", cluster="other", cappedByPartitions=True),
+        group_resource("unrelated", topics=["audit"], cappedByPartitions=True),
+        group_resource("edited", generation=2, observedGeneration=1, cappedByPartitions=True),
+        group_resource("new"),
+    ]
+    assert groups_reading(resources, "kafka", "orders") == [
+        GroupSignal("new", False, None),
+        GroupSignal("workers", True, 12.0, at(50)),
+    ]
+
+
+def ready_status(partitions: int, generation: int = 2, ready: str = "True") -> dict[str, Any]:
+    return {
+        "observedGeneration": generation,
+        "partitions": [{"partition": p} for p in range(partitions)],
+        "conditions": [{"type": "Ready", "status": ready}],
+    }
+
+
+def test_growth_starts_from_the_partitions_of_a_ready_topic() -> None:
+    assert ready_partition_count(ready_status(6), 2) == 6
+    assert ready_partition_count(ready_status(6, ready="False"), 2) is None
+    assert ready_partition_count(ready_status(6, generation=1), 2) is None
+    assert ready_partition_count({}, 1) is None
+
+
+def test_autoscale_status_records_the_wait_and_the_last_growth() -> None:
+    waiting = plan_partition_growth(POLICY, 3, None, [capped()], at(0))
+    status = autoscale_status(waiting, {"lastGrowthTime": "2024-12-31T00:00:00Z"}, at(0))
+    assert status == {
+        "reason": "CappedByPartitions",
+        "message": waiting.message,
+        "cappedSince": "2025-01-01T00:00:00Z",
+        "lastGrowthTime": "2024-12-31T00:00:00Z",
+    }
+    grown = plan_partition_growth(POLICY, 3, at(0), [capped()], at(90))
+    status = autoscale_status(grown, status, at(90))
+    assert (status["cappedSince"], status["lastGrowthTime"]) == (
+        "2025-01-01T00:01:30Z",
+        "2025-01-01T00:01:30Z",
+    )
+
+
+TOPIC_CRD = load_crds()["Topic"]
+
+
+def topic_resource(**fields: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "brook.dev/v1alpha1",
+        "kind": "Topic",
+        "metadata": {"name": "orders", "namespace": "default"},
+        "spec": {"cluster": "kafka", "partitions": 6, **fields},
+    }
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ({"enabled": True}, ".spec.partitionAutoscale: partitionAutoscale.maxPartitions is "),
+        ({"maxPartitions": 4}, ".spec: partitionAutoscale.maxPartitions must be at least "),
+        ({"enabled": True, "maxPartitions": 6}, None),
+        ({"enabled": False}, None),
+    ],
+)
+def test_the_api_server_checks_the_policy_bounds(
+    policy: dict[str, Any], message: str | None
+) -> None:
+    manifest = topic_resource(partitionAutoscale=policy)
+    assert validation_errors(TOPIC_CRD, manifest) == []
+    errors = cel_errors(TOPIC_CRD, manifest)
+    assert [e.startswith(message) for e in errors] == ([True] if message else [])
+
+
+def test_the_api_server_refuses_a_step_of_zero() -> None:
+    manifest = topic_resource(partitionAutoscale={"enabled": True, "maxPartitions": 8, "step": 0})
+    assert validation_errors(TOPIC_CRD, manifest) == [
+        "$.spec.partitionAutoscale.step: 0 is less than the minimum of 1"
+    ]
