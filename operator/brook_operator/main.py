@@ -17,10 +17,10 @@ import kopf
 from brook_broker.logs import LogfmtFormatter, configure_logging
 from kubernetes import config as kubernetes_config
 
-from . import broker, metrics, topic
+from . import broker, consumer_group, metrics, topic
 from .settings import OperatorSettings, SettingsError
 
-HANDLER_MODULES = (broker, topic)
+HANDLER_MODULES = (broker, topic, consumer_group)
 """Importing a module registers its handlers with Kopf."""
 
 _KOPF_EXTRAS = ("settings", "k8s_skip", "k8s_ref")

@@ -3,6 +3,7 @@
     python -m tests.integration.group_member --client confluent|aiokafka|kafka-python \\
         --bootstrap HOST:PORT --group GROUP --topic TOPIC --out FILE \\
         [--session-timeout-ms MS] [--heartbeat-interval-ms MS] [--commit-delay-ms MS]
+        [--record-delay-ms MS] [--skip-commit-partition P]
 
 The member subscribes to the topic (auto.offset.reset=earliest, no auto commit) and keeps
 a journal in FILE, one JSON object per line, each written and flushed at once:
@@ -13,7 +14,9 @@ a journal in FILE, one JSON object per line, each written and flushed at once:
     {"at": 812.32, "failed": "commit", "reason": ...}  a commit (or a fetch) failed
 
 After processing the records of each poll it commits the next offsets synchronously, so a
-record is committed only once processed (at-least-once). ``at`` is ``time.monotonic()``,
+record is committed only once processed (at-least-once). ``--record-delay-ms`` is the time
+processing one record takes; ``--skip-commit-partition`` never commits that partition (a
+consumer wedged on it, as a poison record would). ``at`` is ``time.monotonic()``,
 a clock all processes of one Linux machine share. SIGTERM makes the member close its
 consumer, which leaves the group; it also stops when the process that started it dies.
 
@@ -67,6 +70,8 @@ class MemberSettings:
     commit_delay_ms: int = 0
     """A pause between processing and committing: a test can then kill the member while
     it holds records processed but not committed."""
+    record_delay_ms: int = 0
+    skip_commit_partition: int | None = None
 
 
 class CommitFailed(Exception):
@@ -301,7 +306,7 @@ def run(
     consumer: GroupConsumer,
     journal: JournalWriter,
     stopping: threading.Event,
-    commit_delay_s: float = 0.0,
+    settings: MemberSettings,
 ) -> None:
     """Poll, process (journal), commit; until SIGTERM or the parent's death."""
     parent = os.getppid()
@@ -310,9 +315,15 @@ def run(
             records = consumer.poll(POLL_TIMEOUT_S)
             if not records:
                 continue
-            journal.processed(records)
+            for record in records:
+                time.sleep(settings.record_delay_ms / 1000)
+                journal.processed([record])
             offsets = next_offsets(records)
-            time.sleep(commit_delay_s)
+            if settings.skip_commit_partition is not None:
+                offsets.pop(settings.skip_commit_partition, None)
+            time.sleep(settings.commit_delay_ms / 1000)
+            if not offsets:
+                continue
             try:
                 consumer.commit(offsets)
             except CommitFailed as error:
@@ -333,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--session-timeout-ms", type=int, default=6000)
     parser.add_argument("--heartbeat-interval-ms", type=int, default=1000)
     parser.add_argument("--commit-delay-ms", type=int, default=0)
+    parser.add_argument("--record-delay-ms", type=int, default=0)
+    parser.add_argument("--skip-commit-partition", type=int, default=None)
     args = parser.parse_args(argv)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -343,11 +356,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.session_timeout_ms,
         args.heartbeat_interval_ms,
         args.commit_delay_ms,
+        args.record_delay_ms,
+        args.skip_commit_partition,
     )
     with args.out.open("a", encoding="utf-8") as out:
         journal = JournalWriter(out)
         consumer = CONSUMERS[args.client](settings, journal)
-        run(consumer, journal, stopping, settings.commit_delay_ms / 1000)
+        run(consumer, journal, stopping, settings)
 
 
 # --- the test side ---------------------------------------------------------------------
