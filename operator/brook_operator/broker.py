@@ -296,7 +296,7 @@ def _autoscaled(
             spec.autoscale.max_bytes_per_broker,
         ),
         sum(len(p.replicas) for p in cluster.partitions),
-        None,
+        cluster.log_bytes,
     )
     state.autoscale = {"replicas": decision.replicas, "reason": decision.reason}
     return decision.replicas

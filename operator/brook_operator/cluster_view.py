@@ -13,11 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from brook_broker.protocol.cluster_client import Api
+from brook_broker.protocol.client import KafkaConnectionError
+from brook_broker.protocol.cluster_client import Api, KafkaRequestError
 
-from .kafka_admin import KafkaAdmin
+from .kafka_admin import BrokerDescription, KafkaAdmin
 
 _DESCRIBE_CONFIGS = Api(32, 1, 4)
+_DESCRIBE_LOG_DIRS = Api(35, 1, 4)
 _ELECT_LEADERS = Api(43, 1, 2)
 _PREFERRED = 0
 _ELECTION_NOT_NEEDED = 84
@@ -42,6 +44,8 @@ class ClusterView:
     controller: int | None
     partitions: tuple[PartitionView, ...]
     racks: Mapping[int, str | None] = field(default_factory=dict)
+    log_bytes: int | None = None
+    """Bytes of every partition replica on every broker; None when a broker did not say."""
 
 
 class ClusterReader(KafkaAdmin):
@@ -68,7 +72,27 @@ class ClusterReader(KafkaAdmin):
                 for partition in topic.partitions
             ),
             racks={broker.node_id: broker.rack for broker in cluster.brokers},
+            log_bytes=await self.log_bytes(cluster.brokers),
         )
+
+    async def log_bytes(self, brokers: Sequence[BrokerDescription]) -> int | None:
+        """The size of all partition replicas on ``brokers``: DescribeLogDirs to each,
+        which answers for itself; None as soon as one does not answer."""
+        total = 0
+        for broker in brokers:
+            try:
+                _, response = await self._cluster.request(
+                    (broker.host, broker.port), _DESCRIBE_LOG_DIRS, {"topics": None}
+                )
+            except (KafkaConnectionError, KafkaRequestError, TimeoutError):
+                return None
+            total += sum(
+                partition.partition_size
+                for result in response.results
+                for topic in result.topics
+                for partition in topic.partitions
+            )
+        return total
 
     async def elect_preferred_leaders(self) -> None:
         """Give every partition's leadership to its first replica where it is in sync

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import confluent_kafka
+from brook_operator.cluster_view import ClusterReader
 from brook_operator.kafka_admin import KafkaAdmin, TopicDescription
 from brook_operator.topic import observe_and_plan, run_action
 from brook_operator.topic_plan import AlterConfigs, Reassign, TopicPlan, TopicSpec, replica_targets
@@ -59,6 +61,27 @@ async def test_admin_requests(start_cluster: StartCluster) -> None:
         )
         assert {p.partition: p.replicas for p in orders.partitions} == targets
         assert await admin.list_partition_reassignments(["orders"]) == {}
+
+        # Log sizes per broker (DescribeLogDirs), for the bytes bound of broker autoscaling.
+        producer = confluent_kafka.Producer({"bootstrap.servers": cluster.bootstrap})
+        for index in range(200):
+            producer.produce("orders", b"x" * 1000, partition=index % 4)
+        assert producer.flush(30) == 0
+
+        def on_disk() -> int:
+            return sum(
+                segment.stat().st_size
+                for broker in cluster.brokers
+                for partition in range(4)
+                for segment in broker.segments("orders", partition)
+            )
+
+        async with ClusterReader(cluster.bootstrap) as reader:
+            deadline = asyncio.get_running_loop().time() + SETTLE_TIMEOUT_S
+            while (view := await reader.view()).log_bytes != on_disk():
+                assert asyncio.get_running_loop().time() < deadline, (view.log_bytes, on_disk())
+                await asyncio.sleep(0.25)
+        assert view.log_bytes is not None and view.log_bytes >= 3 * 200 * 1000
 
         await admin.delete_topic("orders")
         assert await admin.describe_topic("orders") is None

@@ -32,6 +32,7 @@ def test_the_advertised_versions() -> None:
         22: (0, 4),  # InitProducerId
         23: (2, 4),  # OffsetForLeaderEpoch
         32: (1, 4),  # DescribeConfigs
+        35: (1, 4),  # DescribeLogDirs
         37: (0, 3),  # CreatePartitions
         42: (0, 2),  # DeleteGroups
         43: (0, 2),  # ElectLeaders

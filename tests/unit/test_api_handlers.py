@@ -39,7 +39,7 @@ PRODUCE, FETCH, LIST_OFFSETS, METADATA, API_VERSIONS = 0, 1, 2, 3, 18
 CREATE_TOPICS, DELETE_TOPICS, INIT_PRODUCER_ID, DESCRIBE_CONFIGS = 19, 20, 22, 32
 CREATE_PARTITIONS, ELECT_LEADERS, INCREMENTAL_ALTER_CONFIGS = 37, 43, 44
 ALTER_PARTITION_REASSIGNMENTS, LIST_PARTITION_REASSIGNMENTS = 45, 46
-DESCRIBE_CLUSTER, BROKER_HEARTBEAT = 60, 63
+DESCRIBE_CLUSTER, BROKER_HEARTBEAT, DESCRIBE_LOG_DIRS = 60, 63, 35
 NODE = 5
 
 
@@ -725,6 +725,31 @@ async def test_describe_cluster(broker: Broker, version: int) -> None:
     if version == 1:
         other = await broker.call(DESCRIBE_CLUSTER, 1, {"endpoint_type": 2})
         assert other.error_code == ErrorCode.unsupported_endpoint_type
+
+
+@pytest.mark.parametrize("version", [1, 4])
+async def test_describe_log_dirs_reports_each_replica_size(broker: Broker, version: int) -> None:
+    await broker.create("t", partitions=2)
+    records = batch([b"x" * 100, b"y" * 100])
+    await broker.produce("t", 0, records)
+    every = await broker.call(DESCRIBE_LOG_DIRS, version, {"topics": None})
+    [result] = every.results
+    assert result.error_code == ErrorCode.none
+    sizes = {
+        (topic.name, partition.partition_index): partition.partition_size
+        for topic in result.topics
+        for partition in topic.partitions
+    }
+    assert sizes[("t", 0)] == len(records)
+    assert sizes[("t", 1)] == 0
+    asked = await broker.call(
+        DESCRIBE_LOG_DIRS, version, {"topics": [{"topic": "t", "partitions": [1]}]}
+    )
+    assert [
+        (t.name, [p.partition_index for p in t.partitions]) for t in asked.results[0].topics
+    ] == [("t", [1])]
+    if version == 4:
+        assert 0 < result.usable_bytes <= result.total_bytes
 
 
 @pytest.mark.parametrize("version", [0, 1])
