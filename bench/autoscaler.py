@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.integration.kube.harness import Kube
-from tests.integration.kube.operator import OperatorProcess
+from tests.integration.kube.operated import operated_broker
 from tests.integration.test_consumer_group_autoscaling import (
     DEPLOYMENTS,
     GROUPS,
@@ -42,14 +42,7 @@ from tests.integration.test_consumer_group_autoscaling import (
     consumer_group,
     produce,
 )
-from tests.integration.test_operator import (
-    BROKER,
-    BROKERS,
-    CRD_FILES,
-    apply_topic,
-    condition,
-    wait_topic_ready,
-)
+from tests.integration.test_operator import BROKER, apply_topic, wait_topic_ready
 
 LAG_PER_REPLICA = 100
 SCALE_DOWN_WINDOW_S = 5
@@ -142,30 +135,10 @@ def reaction_times(kube: Kube, root: Path, options: argparse.Namespace) -> list[
 def run(options: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="brook-bench-autoscaler-") as directory:
         root = Path(directory)
-        kube = Kube(root / "kube", crds=CRD_FILES)
-        operator = OperatorProcess(kube)
-        try:
-            kube.start()
-            operator.start()
-            kube.apply(
-                {
-                    "apiVersion": "brook.dev/v1alpha1",
-                    "kind": "Broker",
-                    "metadata": {"name": BROKER},
-                    "spec": {"replicas": 1},
-                }
-            )
-            kube.wait_for(
-                lambda: condition(kube.get(BROKERS, BROKER)).get("status") == "True",
-                120,
-                "the Broker to be Ready",
-            )
+        with operated_broker(root / "kube", BROKER, 1, report=False) as kube:
             reactions = reaction_times(kube, root, options)
             fixed, _ = drain_time(kube, "drain-fixed", root, options, autoscaled=False)
             scaled, most = drain_time(kube, "drain-autoscaled", root, options, autoscaled=True)
-        finally:
-            operator.stop()
-            kube.stop()
     print(
         f"settings: 1 broker, topics of {PARTITIONS} partitions, consumers confluent-kafka "
         f"with {options.record_delay_ms} ms per record, ConsumerGroup intervalSeconds "

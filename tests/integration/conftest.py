@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,8 @@ import pytest
 from .brokers import BrokerFailed, BrokerProcess
 from .cluster import Cluster
 from .kube.harness import Kube
+from .kube.operated import CRD_FILES, require_root
 from .kube.operator import OperatorProcess
-
-CRD_FILES = sorted((Path(__file__).parents[2] / "crds").glob("*.yaml"))
 
 StartBroker = Callable[..., BrokerProcess]
 StartCluster = Callable[..., Cluster]
@@ -75,8 +73,7 @@ def start_cluster(tmp_path: Path) -> Iterator[StartCluster]:
 def kube(tmp_path: Path) -> Iterator[Kube]:
     """An emulated cluster with the CRDs of ``crds/``: API server, pod runner, Service
     names (see ``tests/integration/kube``). Pods and proxies are stopped at teardown."""
-    if os.geteuid() != 0:
-        pytest.skip("the Kubernetes harness needs root (mount namespaces, /etc/hosts)")
+    require_root()
     harness = Kube(tmp_path / "kube", crds=CRD_FILES)
     try:
         harness.start()

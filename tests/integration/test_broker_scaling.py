@@ -12,7 +12,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,13 +19,19 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from .cluster import SequenceProducer, check_acknowledged, read_back
 from .kube.harness import Kube
-from .kube.operator import OperatorProcess
-from .test_operator import BROKERS, NS, condition, events
+from .kube.operated import (
+    BROKERS,
+    NS,
+    bootstrap,
+    condition,
+    events,
+    operated_broker,
+    require_root,
+)
 
 BROKER = "scaled"
 """A name of its own: the harness's pod names are host names on this machine."""
-BOOTSTRAP = f"{BROKER}.{NS}.svc.cluster.local:9092"
-CRD_FILES = sorted((Path(__file__).parents[2] / "crds").glob("*.yaml"))
+BOOTSTRAP = bootstrap(BROKER)
 READY_TIMEOUT_S = 120.0
 SCALING_TIMEOUT_S = 120.0
 PARTITIONS = 6
@@ -42,34 +47,16 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The emulated cluster, the operator, and a Broker of 3 it has made Ready."""
-    kube = Kube(tmp_path_factory.mktemp("scaling") / "kube", crds=CRD_FILES)
-    operator = OperatorProcess(kube, env={"BROOK_OPERATOR_STATUS_INTERVAL": "1"})
-    try:
-        kube.start()
-        operator.start()
-        kube.apply(
-            {
-                "apiVersion": "brook.dev/v1alpha1",
-                "kind": "Broker",
-                "metadata": {"name": BROKER},
-                "spec": {"replicas": 3},
-            }
-        )
+    require_root()
+    with operated_broker(
+        tmp_path_factory.mktemp("scaling") / "kube",
+        BROKER,
+        3,
+        operator_env={"BROOK_OPERATOR_STATUS_INTERVAL": "1"},
+    ) as kube:
         wait_settled(kube, 3, READY_TIMEOUT_S)
         admin = AdminClient({"bootstrap.servers": BOOTSTRAP, "allow.auto.create.topics": False})
         yield Cluster(kube, admin)
-    finally:
-        operator.stop()
-        print(f"--- log of the operator\n{operator.log_tail(150)}")
-        if kube.url:
-            print("--- events\n" + "\n".join(map(describe, events(kube))))
-            print(f"--- pods of the harness\n{kube.describe()}")
-        kube.stop()
-
-
-def describe(event: dict[str, Any]) -> str:
-    about = event["involvedObject"]
-    return f"{about['kind']}/{about['name']} {event['type']} {event['reason']}: {event['message']}"
 
 
 def wait_settled(kube: Kube, replicas: int, timeout: float) -> dict[str, Any]:

@@ -23,20 +23,8 @@ import pytest
 
 from .group_member import REPOSITORY, MemberJournal
 from .kube.harness import Kube
-from .kube.operator import OperatorProcess
-from .test_operator import (
-    BOOTSTRAP,
-    BROKER,
-    BROKERS,
-    CRD_FILES,
-    READY_TIMEOUT_S,
-    apply_topic,
-    condition,
-    describe_event,
-    events,
-    wait_for_event,
-    wait_topic_ready,
-)
+from .kube.operated import condition, operated_broker, require_root
+from .test_operator import BOOTSTRAP, BROKER, apply_topic, wait_for_event, wait_topic_ready
 
 GROUPS = "brook.dev/v1alpha1/consumergroups"
 DEPLOYMENTS = "apps/v1/deployments"
@@ -48,32 +36,9 @@ INTERVAL_S = 2
 @pytest.fixture(scope="module")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     """The emulated cluster, the operator, and a Broker of one broker it has made Ready."""
-    kube = Kube(tmp_path_factory.mktemp("autoscaling") / "kube", crds=CRD_FILES)
-    operator = OperatorProcess(kube)
-    try:
-        kube.start()
-        operator.start()
-        kube.apply(
-            {
-                "apiVersion": "brook.dev/v1alpha1",
-                "kind": "Broker",
-                "metadata": {"name": BROKER},
-                "spec": {"replicas": 1},
-            }
-        )
-        kube.wait_for(
-            lambda: condition(kube.get(BROKERS, BROKER)).get("status") == "True",
-            READY_TIMEOUT_S,
-            f"Broker {BROKER} to be Ready",
-        )
+    require_root()
+    with operated_broker(tmp_path_factory.mktemp("autoscaling") / "kube", BROKER, 1) as kube:
         yield kube
-    finally:
-        operator.stop()
-        print(f"--- log of the operator\n{operator.log_tail(100)}")
-        if kube.url:
-            print("--- events\n" + "\n".join(map(describe_event, events(kube))))
-            print(f"--- pods of the harness\n{kube.describe()}")
-        kube.stop()
 
 
 # --- the workload --------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import confluent_kafka
@@ -20,14 +19,19 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from .clients import ConfluentDriver, Message
 from .kube.harness import Kube
-from .kube.operator import OperatorProcess
+from .kube.operated import (
+    BROKERS,
+    NS,
+    bootstrap,
+    condition,
+    events,
+    operated_broker,
+    require_root,
+)
 
-NS = "default"
 BROKER = "demo"
-BROKERS = "brook.dev/v1alpha1/brokers"
 TOPICS = "brook.dev/v1alpha1/topics"
-BOOTSTRAP = f"{BROKER}.{NS}.svc.cluster.local:9092"
-CRD_FILES = sorted((Path(__file__).parents[2] / "crds").glob("*.yaml"))
+BOOTSTRAP = bootstrap(BROKER)
 READY_TIMEOUT_S = 120.0
 CHANGE_TIMEOUT_S = 60.0
 
@@ -41,43 +45,21 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The emulated cluster, the operator, and a Broker of 3 replicas it has made Ready."""
-    kube = Kube(tmp_path_factory.mktemp("operator") / "kube", crds=CRD_FILES)
+    require_root()
     # Status every second: a restarting broker is away for a few seconds only.
-    operator = OperatorProcess(kube, env={"BROOK_OPERATOR_STATUS_INTERVAL": "1"})
-    try:
-        kube.start()
-        operator.start()
-        kube.apply(
-            {
-                "apiVersion": "brook.dev/v1alpha1",
-                "kind": "Broker",
-                "metadata": {"name": BROKER},
-                "spec": {"replicas": 3},
-            }
-        )
-        kube.wait_for(
-            lambda: broker_ready(kube.get(BROKERS, BROKER)),
-            READY_TIMEOUT_S,
-            f"Broker {BROKER} to be Ready",
-        )
+    with operated_broker(
+        tmp_path_factory.mktemp("operator") / "kube",
+        BROKER,
+        3,
+        settled=broker_ready,
+        operator_env={"BROOK_OPERATOR_STATUS_INTERVAL": "1"},
+    ) as kube:
         # Without this, librdkafka's metadata requests of an admin client create topics.
         admin = AdminClient({"bootstrap.servers": BOOTSTRAP, "allow.auto.create.topics": False})
         yield Cluster(kube, admin)
-    finally:
-        operator.stop()
-        print(f"--- log of the operator\n{operator.log_tail(100)}")
-        if kube.url:
-            print("--- events\n" + "\n".join(map(describe_event, events(kube))))
-            print(f"--- pods of the harness\n{kube.describe()}")
-        kube.stop()
 
 
 # --- reading the resources ----------------------------------------------------------------
-
-
-def condition(obj: dict[str, Any], kind: str = "Ready") -> dict[str, Any]:
-    found = [c for c in (obj.get("status") or {}).get("conditions") or () if c["type"] == kind]
-    return found[0] if found else {}
 
 
 def broker_ready(broker: dict[str, Any]) -> bool:
@@ -87,22 +69,6 @@ def broker_ready(broker: dict[str, Any]) -> bool:
         and status.get("readyReplicas") == 3
         and status.get("underReplicatedPartitions") == 0
     )
-
-
-def events(kube: Kube, kind: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
-    """The Events posted (about one object), oldest first."""
-    about = [
-        event
-        for event in kube.list("v1/events", NS)
-        if kind is None
-        or (event["involvedObject"].get("kind") == kind and event["involvedObject"]["name"] == name)
-    ]
-    return sorted(about, key=lambda event: int(event["metadata"]["resourceVersion"]))
-
-
-def describe_event(event: dict[str, Any]) -> str:
-    about = event["involvedObject"]
-    return f"{about['kind']}/{about['name']} {event['type']} {event['reason']}: {event['message']}"
 
 
 def wait_for_event(

@@ -18,15 +18,12 @@ from brook_operator.topic import RECONCILE_INTERVAL_S
 from confluent_kafka.admin import AdminClient
 
 from .kube.harness import Kube
+from .kube.operated import BROKERS, NS, condition, events
 from .kube.operator import OperatorProcess
 from .test_operator import (
-    BROKERS,
-    NS,
     READY_TIMEOUT_S,
     TOPICS,
     broker_ready,
-    condition,
-    events,
     wait_for_event,
     wait_topic_ready,
 )
