@@ -36,7 +36,7 @@ from brook_broker.protocol.cluster_client import (
     Address,
     Api,
     Broker,
-    ClusterClient,
+    ClusterSession,
     KafkaRequestError,
     deadline_in,
     error_name,
@@ -271,7 +271,7 @@ class _CoordinatorMoved(Exception):
     """The coordinator asked is not (or not yet) the group's: find it again."""
 
 
-class GroupReader:
+class GroupReader(ClusterSession):
     """Reads consumer groups from a cluster. Keeps one connection per broker, and what it
     learnt (brokers, coordinators), until :meth:`close`; safe to reuse for many reads.
 
@@ -288,20 +288,14 @@ class GroupReader:
         retry_timeout: float = 15.0,
         connect: Callable[[str, int, str], KafkaClient] = KafkaClient,
     ) -> None:
-        self._cluster = ClusterClient(
-            bootstrap, client_id=client_id, request_timeout=request_timeout, connect=connect
+        super().__init__(
+            bootstrap,
+            client_id=client_id,
+            request_timeout=request_timeout,
+            retry_timeout=retry_timeout,
+            connect=connect,
         )
-        self._retry_timeout = retry_timeout
         self._coordinators: dict[str, Broker] = {}
-
-    async def __aenter__(self) -> GroupReader:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._cluster.close()
 
     # -- what callers ask
 

@@ -32,6 +32,8 @@ from typing import Any
 
 from brook_cli.groups import OffsetReset, TopicPartition, partition_lag
 
+from .conditions import condition
+
 RATE_WINDOW_S = 60.0
 """How far back the lag growth rate looks (a least-squares slope over that time)."""
 
@@ -407,7 +409,6 @@ def conditions(
     """Ready, CappedByPartitions and StuckPartitions; each keeps its lastTransitionTime while
     its status stays. ``failure`` (reason, message) when the lag could not be read or the
     target could not be scaled: Ready is False and the other two keep what they said."""
-    before = {c.get("type"): c for c in previous}
     wanted: list[tuple[str, bool, str, str]] = []
     if failure is not None:
         wanted.append((READY, False, *failure))
@@ -436,21 +437,10 @@ def conditions(
                 stuck_message,
             )
         )
-    result = []
-    for kind, holds, reason, message in wanted:
-        status = "True" if holds else "False"
-        old = before.get(kind, {})
-        since = old.get("lastTransitionTime") if old.get("status") == status else None
-        result.append(
-            {
-                "type": kind,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": since or now,
-                "observedGeneration": generation,
-            }
-        )
+    result = [
+        {**condition(kind, holds, reason, message, previous, now), "observedGeneration": generation}
+        for kind, holds, reason, message in wanted
+    ]
     kept = {kind for kind, *_ in wanted}
     result.extend(dict(c) for c in previous if c.get("type") not in kept)
     return result

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .cluster_view import ClusterView, PartitionView
+from .conditions import condition
 
 READY = "Ready"
 
@@ -97,13 +98,6 @@ def broker_status(
     ``rollingRestart``, ``autoscale``)."""
     ready, reason, message = ready_condition(observed)
     counts = partition_counts(observed.cluster.partitions) if observed.cluster else None
-    earlier = next((c for c in previous.get("conditions") or () if c.get("type") == READY), None)
-    status_text = "True" if ready else "False"
-    transition = (
-        earlier["lastTransitionTime"]
-        if earlier and earlier.get("status") == status_text and earlier.get("lastTransitionTime")
-        else now
-    )
     return {
         "replicas": observed.replicas,
         "readyReplicas": observed.ready_replicas,
@@ -115,13 +109,7 @@ def broker_status(
         "observedGeneration": observed_generation,
         **(scaling or {}),
         "conditions": [
-            {
-                "type": READY,
-                "status": status_text,
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": transition,
-            }
+            condition(READY, ready, reason, message, previous.get("conditions") or (), now)
         ],
     }
 

@@ -20,7 +20,7 @@ from brook_broker.protocol.cluster_client import (
     RETRY_BACKOFF_S,
     Address,
     Api,
-    ClusterClient,
+    ClusterSession,
     KafkaRequestError,
     deadline_in,
     error_name,
@@ -117,7 +117,7 @@ class Reassignment:
     removing: tuple[int, ...]
 
 
-class KafkaAdmin:
+class KafkaAdmin(ClusterSession):
     """Admin requests to one broker cluster; keeps its connections until :meth:`close`."""
 
     def __init__(
@@ -129,21 +129,15 @@ class KafkaAdmin:
         retry_timeout: float = 15.0,
         connect: Callable[[str, int, str], KafkaClient] = KafkaClient,
     ) -> None:
-        self._cluster = ClusterClient(
-            bootstrap, client_id=client_id, request_timeout=request_timeout, connect=connect
+        super().__init__(
+            bootstrap,
+            client_id=client_id,
+            request_timeout=request_timeout,
+            retry_timeout=retry_timeout,
+            connect=connect,
         )
-        self._retry_timeout = retry_timeout
         # The brokers' own deadline, inside the client's: their answer arrives first.
         self._timeout_ms = int(request_timeout * 800)
-
-    async def __aenter__(self) -> KafkaAdmin:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        await self._cluster.close()
 
     # -- reading
 

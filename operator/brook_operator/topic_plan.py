@@ -29,6 +29,7 @@ from brook_broker.metadata.errors import ApiError
 from brook_broker.metadata.topic_config import TOPIC_CONFIGS
 from brook_broker.metadata.topics import validate_topic_name
 
+from .conditions import condition
 from .kafka_admin import TopicDescription
 
 MIN_INSYNC_REPLICAS = "min.insync.replicas"
@@ -376,27 +377,15 @@ def conditions(
 ) -> list[dict[str, Any]]:
     """The Ready condition (and the Warning one when there is a warning); a condition
     keeps its lastTransitionTime while its status stays the same."""
-    before = {c.get("type"): c for c in previous}
     wanted = [(READY, ready, finding)]
     if warnings:
         wanted.append(
             (WARNING, True, Finding(warnings[0].reason, "; ".join(w.message for w in warnings)))
         )
-    result = []
-    for kind, holds, found in wanted:
-        status = "True" if holds else "False"
-        old = before.get(kind, {})
-        since = old.get("lastTransitionTime") if old.get("status") == status else None
-        result.append(
-            {
-                "type": kind,
-                "status": status,
-                "reason": found.reason,
-                "message": found.message,
-                "lastTransitionTime": since or now,
-            }
-        )
-    return result
+    return [
+        condition(kind, holds, found.reason, found.message, previous, now)
+        for kind, holds, found in wanted
+    ]
 
 
 def ready_finding(spec: TopicSpec, plan: TopicPlan) -> tuple[bool, Finding]:

@@ -17,8 +17,9 @@ import pytest
 from brook_operator.topic import RECONCILE_INTERVAL_S
 from confluent_kafka.admin import AdminClient
 
+from . import test_operator
 from .kube.harness import Kube
-from .kube.operated import BROKERS, NS, condition, events
+from .kube.operated import BROKERS, bootstrap, condition, events
 from .kube.operator import OperatorProcess
 from .test_operator import (
     READY_TIMEOUT_S,
@@ -29,7 +30,7 @@ from .test_operator import (
 )
 
 BROKER = "backlog"
-BOOTSTRAP = f"{BROKER}.{NS}.svc.cluster.local:9092"
+BOOTSTRAP = bootstrap(BROKER)
 GROUPS = "brook.dev/v1alpha1/consumergroups"
 GROWTH_TIMEOUT_S = 3 * RECONCILE_INTERVAL_S
 STEP, MAX_PARTITIONS = 2, 6
@@ -37,14 +38,8 @@ POLICY = {"enabled": True, "maxPartitions": MAX_PARTITIONS, "step": STEP, "after
 
 
 def apply_topic(kube: Kube, name: str, **spec: Any) -> None:
-    kube.apply(
-        {
-            "apiVersion": "brook.dev/v1alpha1",
-            "kind": "Topic",
-            "metadata": {"name": name},
-            "spec": {"cluster": BROKER, **spec},
-        }
-    )
+    """A Topic of this module's Broker."""
+    test_operator.apply_topic(kube, name, cluster=BROKER, **spec)
 
 
 def apply_group(kube: Kube, name: str, topics: list[str]) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from kio.schema.errors import ErrorCode
 from kio.schema.index import api_key_map
@@ -189,3 +189,33 @@ class ClusterClient:
                 f"this tool speaks {api.lowest}-{api.highest}"
             )
         return version
+
+
+class ClusterSession:
+    """What the clients that ask one cluster many things (``brook groups``, the
+    operator's admin client) share: one :class:`ClusterClient`, kept until :meth:`close`
+    (or the end of ``async with``), and how long to keep retrying while leaders or
+    coordinators move."""
+
+    def __init__(
+        self,
+        bootstrap: str | Sequence[Address],
+        *,
+        client_id: str,
+        request_timeout: float = 10.0,
+        retry_timeout: float = 15.0,
+        connect: Callable[[str, int, str], KafkaClient] = KafkaClient,
+    ) -> None:
+        self._cluster = ClusterClient(
+            bootstrap, client_id=client_id, request_timeout=request_timeout, connect=connect
+        )
+        self._retry_timeout = retry_timeout
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._cluster.close()
