@@ -146,7 +146,10 @@ class Watch:
 
     def run(self) -> None:
         while not self.stop.wait(0.2):
-            replicas = int(self.kube.get(DEPLOYMENTS, self.name)["spec"]["replicas"])
+            deployment = self.kube.find(DEPLOYMENTS, self.name)
+            if deployment is None:
+                return  # deleted at the end of the test: nothing more to sample
+            replicas = int(deployment["spec"]["replicas"])
             if not self.changes or self.changes[-1][1] != replicas:
                 self.changes.append((time.monotonic(), replicas))
             group = self.kube.find(GROUPS, self.name)
