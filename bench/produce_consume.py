@@ -23,7 +23,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,10 @@ from pathlib import Path
 
 from brook_cli.local import BrokerFailed, BrokerProcess, BrokerSpec, stop_all
 from confluent_kafka.admin import AdminClient, NewTopic
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.integration.brokers import free_port
 
 PRODUCER_SETTINGS = (
     "linger.ms=100",
@@ -79,12 +82,6 @@ HEADER = (
     f"{'broker CPU':>14}{'kcat CPU':>12}"
 )
 UNITS = f"{'':<58}{'s/M records':>14}{'s/M records':>12}"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def process_cpu_seconds(pid: int) -> float:

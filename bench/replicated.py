@@ -33,7 +33,6 @@ from brook_cli.local import (
     BrokerFailed,
     BrokerProcess,
     BrokerSpec,
-    addresses_in_use,
     bootstrap_servers,
     plan_cluster,
     stop_all,
@@ -42,11 +41,12 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from produce_consume import (
     PRODUCER_SETTINGS,
     children_cpu_seconds,
-    free_port,
     kcat_settings,
     process_cpu_seconds,
     workspace,
 )
+
+from tests.integration.brokers import free_cluster_port
 
 BROKERS = 3
 GOALS = {"produce": 600_000, "failover": 2.0}
@@ -66,16 +66,9 @@ class Cluster:
 
     @staticmethod
     def _plan(root: Path) -> list[BrokerSpec]:
-        for _ in range(50):
-            try:
-                specs = plan_cluster(
-                    brokers=BROKERS, data_dir=root, host="127.0.0.1", port=free_port()
-                )
-            except ValueError:
-                continue
-            if not addresses_in_use(specs):
-                return specs
-        raise BrokerFailed("found no free block of ports for three brokers")
+        return plan_cluster(
+            brokers=BROKERS, data_dir=root, host="127.0.0.1", port=free_cluster_port(BROKERS)
+        )
 
     def start(self) -> None:
         for broker in self.brokers:

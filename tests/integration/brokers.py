@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import struct
@@ -26,17 +27,50 @@ from kio.schema.response_header.v0.header import ResponseHeader as ResponseHeade
 from kio.serial import entity_reader, entity_writer
 
 HOST = "127.0.0.1"
+PORT_FLOOR = 10000
 READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
 
 # --- broker processes ------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the broker binds it right after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
+def ephemeral_port_floor() -> int:
+    """The lowest port the kernel hands out to outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(offsets: Sequence[int] = (0,)) -> int:
+    """A loopback port P such that P + each offset was free a moment ago.
+
+    Ports are drawn below the kernel's ephemeral range: a port from that range may be
+    taken by any client connection's local end between this check and the broker's
+    bind (or a restarted broker's re-bind), which fails it with EADDRINUSE."""
+    ceiling = ephemeral_port_floor() - max(offsets)
+    for _ in range(200):
+        port = random.randrange(PORT_FLOOR, ceiling)
+        try:
+            for offset in offsets:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                    probe.bind((HOST, port + offset))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no free loopback ports in {PORT_FLOOR}..{ceiling}")
+
+
+def free_cluster_port(brokers: int) -> int:
+    """A ``--port`` for ``brook local up --brokers N`` whose Kafka, HTTP and Raft ports
+    (``local.plan_cluster``'s layout) are all free."""
+    return free_port(
+        [
+            index + offset
+            for index in range(brokers)
+            for offset in (0, local.HTTP_PORT_OFFSET, local.CONTROLLER_PORT_OFFSET)
+        ]
+    )
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,34 +17,13 @@ from pathlib import Path
 import pytest
 from brook_cli.local import CONTROLLER_PORT_OFFSET, HTTP_PORT_OFFSET
 
+from .brokers import free_cluster_port
+
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 
 
 BROKERS = 3
-
-
-def free_port_block() -> int:
-    """A port such that the Kafka, HTTP and Raft ports of all brokers are free."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        ports = [
-            port + index + offset
-            for index in range(BROKERS)
-            for offset in (0, HTTP_PORT_OFFSET, CONTROLLER_PORT_OFFSET)
-        ]
-        if max(ports) > 65535:
-            continue
-        try:
-            for candidate in ports:
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free block of ports")
 
 
 def local_up(data_dir: Path, port: int, *extra: str) -> list[str]:
@@ -59,7 +37,7 @@ def local_up(data_dir: Path, port: int, *extra: str) -> list[str]:
 class LocalCluster:
     def __init__(self, data_dir: Path, *extra: str) -> None:
         self.data_dir = data_dir
-        self.port = free_port_block()
+        self.port = free_cluster_port(BROKERS)
         self.process = subprocess.Popen(
             local_up(data_dir, self.port, *extra),
             stdout=subprocess.PIPE,
