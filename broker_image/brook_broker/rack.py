@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
@@ -38,6 +39,14 @@ def node_rack(environ: Mapping[str, str], service_account: Path = SERVICE_ACCOUN
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(request, context=context, timeout=10) as response:
             labels = json.load(response).get("metadata", {}).get("labels") or {}
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403):
+            raise RackLookupError(
+                f"cannot read node {node}: {error.code} {error.reason}; the pod's "
+                "ServiceAccount needs get on nodes (the operator binds it to its rack "
+                "ClusterRole)"
+            ) from error
+        raise RackLookupError(f"cannot read node {node}: {error}") from error
     except (OSError, ValueError) as error:
         raise RackLookupError(f"cannot read node {node}: {error}") from error
     rack = labels.get(key)

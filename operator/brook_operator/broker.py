@@ -42,6 +42,7 @@ from .broker_resources import (
     immutable_changes,
     manifests,
     needs_update,
+    rack_binding_name,
     selector_labels,
     update_patch,
 )
@@ -80,6 +81,7 @@ _APIS: dict[str, tuple[type, str]] = {
     "Service": (client.CoreV1Api, "service"),
     "StatefulSet": (client.AppsV1Api, "stateful_set"),
     "PodDisruptionBudget": (client.PolicyV1Api, "pod_disruption_budget"),
+    "ClusterRoleBinding": (client.RbacAuthorizationV1Api, "cluster_role_binding"),
 }
 
 
@@ -120,6 +122,8 @@ class _State:
     last_warning: str | None = None
     scaling: _Scaling | None = None
     autoscale: dict[str, Any] | None = None
+    rack_binding: bool | None = None
+    """Whether the rack ClusterRoleBinding may exist (None: not known yet)."""
 
 
 def _state(memo: kopf.Memo) -> _State:
@@ -172,10 +176,19 @@ async def watch_status(
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-async def forget(name: str, namespace: str, **_: Any) -> None:
-    """The objects go with the Broker (owner references); only its metrics stay here."""
+async def forget(name: str, namespace: str, logger: kopf.Logger, **_: Any) -> None:
+    """The namespaced objects go with the Broker (owner references); the cluster-scoped
+    rack binding and the metrics are removed here."""
     metrics.forget_broker(namespace, name)
     metrics.untrack(KIND, namespace, name)
+    try:
+        await asyncio.to_thread(_delete_rack_binding, name, namespace)
+    except ApiException as error:
+        logger.warning(
+            "cannot delete ClusterRoleBinding %s: %s",
+            rack_binding_name(name, namespace),
+            error.reason,
+        )
 
 
 # --- one round: observe, apply, take the next scaling step, report ---------------------
@@ -265,7 +278,15 @@ async def _reconcile_objects(
     if size is None:
         return wanted
     state.refusal = None
-    await _apply(body, name, namespace, dataclasses.replace(parsed, replicas=size), env, state)
+    await _apply(
+        body,
+        name,
+        namespace,
+        dataclasses.replace(parsed, replicas=size),
+        env,
+        settings.rack_cluster_role,
+        state,
+    )
     return wanted
 
 
@@ -539,11 +560,22 @@ async def _apply(
     namespace: str,
     parsed: BrokerSpec,
     env: Mapping[str, str],
+    rack_role: str | None,
     state: _State,
 ) -> None:
     changed = False
-    for manifest in manifests(name, namespace, parsed, env):
-        kopf.append_owner_reference(manifest, owner=body)
+    if parsed.rack_enabled and not rack_role:
+        _warn_once(
+            body,
+            state,
+            "RackLookupNotGranted",
+            f"rack awareness is on, but the operator has no ClusterRole to let ServiceAccount "
+            f"{name} read nodes (BROOK_OPERATOR_RACK_CLUSTER_ROLE); the broker pods cannot "
+            "learn their zone unless it is granted by hand",
+        )
+    for manifest in manifests(name, namespace, parsed, env, rack_role):
+        if "namespace" in manifest["metadata"]:
+            kopf.append_owner_reference(manifest, owner=body)
         try:
             outcome = await asyncio.to_thread(_apply_object, manifest)
         except ApiException as error:
@@ -552,7 +584,34 @@ async def _apply(
             raise _api_failure(body, state, subject, error) from None
         changed |= outcome.action != "unchanged"
         _report(body, state, manifest, outcome)
+    bound = parsed.rack_enabled and rack_role is not None
+    if not bound and state.rack_binding is not False:
+        try:
+            if await asyncio.to_thread(_delete_rack_binding, name, namespace):
+                changed = True
+                kopf.info(
+                    body,
+                    reason="Deleted",
+                    message=f"ClusterRoleBinding {rack_binding_name(name, namespace)} deleted: "
+                    "rack awareness is off",
+                )
+        except ApiException as error:
+            raise _api_failure(body, state, "rack ClusterRoleBinding", error) from None
+    state.rack_binding = bound
     metrics.RECONCILIATIONS.labels(KIND, "applied" if changed else "unchanged").inc()
+
+
+def _delete_rack_binding(name: str, namespace: str) -> bool:
+    """Whether there was one to delete."""
+    try:
+        client.RbacAuthorizationV1Api().delete_cluster_role_binding(
+            rack_binding_name(name, namespace)
+        )
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -569,20 +628,22 @@ def _apply_object(manifest: dict[str, Any]) -> _Outcome:
     """Create the object, or patch it where it differs from the manifest."""
     api_class, suffix = _APIS[manifest["kind"]]
     api = api_class()
-    name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    name, namespace = manifest["metadata"]["name"], manifest["metadata"].get("namespace")
+    # Namespaced objects are read as (name, namespace), cluster-scoped ones by name alone.
+    scope, where = ("namespaced_", (namespace,)) if namespace else ("", ())
     try:
-        found = getattr(api, f"read_namespaced_{suffix}")(name, namespace)
+        found = getattr(api, f"read_{scope}{suffix}")(name, *where)
     except ApiException as error:
         if error.status != 404:
             raise
-        getattr(api, f"create_namespaced_{suffix}")(namespace, manifest)
+        getattr(api, f"create_{scope}{suffix}")(*where, manifest)
         return _Outcome("created")
     live = api.api_client.sanitize_for_serialization(found)
     kept = tuple(immutable_changes(live, manifest))
     if not needs_update(live, manifest):
         return _Outcome("unchanged", live, kept)
-    getattr(api, f"patch_namespaced_{suffix}")(
-        name, namespace, update_patch(live, manifest), _content_type=_MERGE_PATCH
+    getattr(api, f"patch_{scope}{suffix}")(
+        name, *where, update_patch(live, manifest), _content_type=_MERGE_PATCH
     )
     return _Outcome("updated", live, kept)
 

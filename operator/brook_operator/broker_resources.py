@@ -264,11 +264,20 @@ def config_hash(env: Mapping[str, str]) -> str:
 
 
 def manifests(
-    name: str, namespace: str, spec: BrokerSpec, env: Mapping[str, str]
+    name: str,
+    namespace: str,
+    spec: BrokerSpec,
+    env: Mapping[str, str],
+    rack_cluster_role: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Every object of a Broker, in the order they are applied."""
+    """Every object of a Broker, in the order they are applied. A rack-aware Broker's
+    pods read their node (cluster-scoped): with ``rack_cluster_role`` its ServiceAccount
+    is bound to that ClusterRole."""
+    objects = [service_account(name, namespace)]
+    if spec.rack_enabled and rack_cluster_role:
+        objects.append(rack_role_binding(name, namespace, rack_cluster_role))
     return [
-        service_account(name, namespace),
+        *objects,
         config_map(name, namespace, env),
         headless_service(name, namespace),
         client_service(name, namespace),
@@ -286,6 +295,27 @@ def service_account(name: str, namespace: str) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ServiceAccount",
         "metadata": _metadata(name, namespace, name),
+    }
+
+
+def rack_binding_name(name: str, namespace: str) -> str:
+    """Cluster-wide unique: neither namespaces nor Broker names (DNS labels) hold dots."""
+    return f"brook-rack.{namespace}.{name}"
+
+
+def rack_role_binding(name: str, namespace: str, cluster_role: str) -> dict[str, Any]:
+    """Cluster-scoped, so without owner references (a namespaced owner cannot own it):
+    the operator deletes it with the Broker or when rack awareness is turned off."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": rack_binding_name(name, namespace), "labels": labels(name)},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": cluster_role,
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
     }
 
 

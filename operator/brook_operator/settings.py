@@ -9,6 +9,9 @@
   single operator replica; ``false`` needs Kopf's peering resources installed.
 - ``BROOK_OPERATOR_STATUS_INTERVAL``: seconds between two status reads of a Broker.
 - ``BROOK_OPERATOR_LOG_LEVEL``: DEBUG, INFO, WARNING (default) or ERROR.
+- ``BROOK_OPERATOR_RACK_CLUSTER_ROLE``: the ClusterRole (``get`` on nodes) a rack-aware
+  Broker's ServiceAccount is bound to, so its pods can read their node's zone label;
+  unset, rack-aware Brokers get a Warning that nobody grants it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class OperatorSettings:
     standalone: bool = True
     status_interval: float = 10.0
     log_level: str = "WARNING"
+    rack_cluster_role: str | None = None
 
     @property
     def clusterwide(self) -> bool:
@@ -65,6 +69,7 @@ class OperatorSettings:
                 get("STATUS_INTERVAL"), "STATUS_INTERVAL", defaults.status_interval
             ),
             log_level=level,
+            rack_cluster_role=get("RACK_CLUSTER_ROLE"),
         )
 
 

@@ -198,6 +198,12 @@ def test_operator_reads_the_settings_the_chart_gives(rendered: dict[str, list[di
     assert settings_of(rendered["namespaced"]).namespaces == ("team-a", "team-b")
     custom = settings_of(rendered["custom"])
     assert (custom.broker_image, custom.log_level) == ("brook-broker:1.2.3", "DEBUG")
+    rack_roles = [
+        role["metadata"]["name"]
+        for role in by_kind(rendered["defaults"], "ClusterRole")
+        if role["metadata"]["name"].endswith("-broker-rack")
+    ]
+    assert [defaults.rack_cluster_role] == rack_roles
     container = operator_container(rendered["custom"])
     assert container["image"] == "registry.example/brook-operator:1.2.3"
 
@@ -292,7 +298,11 @@ def test_cluster_wide_rbac_by_default(rendered: dict[str, list[dict]]) -> None:
         role["metadata"]["name"]: grants(role["rules"])
         for role in by_kind(manifests, "ClusterRole")
     }
-    assert set(roles) == {"brook-brook-operator", "brook-brook-operator-discovery"}
+    assert set(roles) == {
+        "brook-brook-operator",
+        "brook-brook-operator-discovery",
+        "brook-brook-operator-broker-rack",
+    }
     assert ("apps", "statefulsets", "create") in roles["brook-brook-operator"]
     bindings = by_kind(manifests, "ClusterRoleBinding")
     account = only(manifests, "ServiceAccount")["metadata"]
@@ -300,7 +310,25 @@ def test_cluster_wide_rbac_by_default(rendered: dict[str, list[dict]]) -> None:
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": account["name"], "namespace": NAMESPACE}
         ]
-    assert {b["roleRef"]["name"] for b in bindings} == set(roles)
+    # The rack role is not the operator's own: it binds it to rack-aware brokers.
+    assert {b["roleRef"]["name"] for b in bindings} == set(roles) - {
+        "brook-brook-operator-broker-rack"
+    }
+
+
+@pytest.mark.parametrize("values", ["defaults", "namespaced"])
+def test_rack_aware_brokers_may_read_nodes_and_nothing_else(
+    rendered: dict[str, list[dict]], values: str
+) -> None:
+    roles = {role["metadata"]["name"]: role for role in by_kind(rendered[values], "ClusterRole")}
+    rack = roles.pop("brook-brook-operator-broker-rack")
+    assert grants(rack["rules"]) == {("", "nodes", "get")}
+    # The operator may bind that role, and no other one, to a Broker's ServiceAccount.
+    [bind] = [rule for rule in roles["brook-brook-operator-discovery"]["rules"]
+              if "bind" in rule["verbs"]]  # fmt: skip
+    assert (bind["resources"], bind["verbs"]) == (["clusterroles"], ["bind"])
+    assert bind["resourceNames"] == ["brook-brook-operator-broker-rack"]
+    assert settings_of(rendered[values]).rack_cluster_role == "brook-brook-operator-broker-rack"
 
 
 def test_watched_namespaces_get_roles_and_nothing_else_is_writable(
@@ -313,8 +341,15 @@ def test_watched_namespaces_get_roles_and_nothing_else_is_writable(
         "team-a",
         "team-b",
     ]
-    [cluster_role] = by_kind(manifests, "ClusterRole")
-    assert {verb for _, _, verb in grants(cluster_role["rules"])} == {"get", "list", "watch"}
+    cluster_roles = {role["metadata"]["name"]: role for role in by_kind(manifests, "ClusterRole")}
+    discovery = grants(cluster_roles["brook-brook-operator-discovery"]["rules"])
+    # Beyond reading, only the (cluster-scoped) rack bindings of rack-aware Brokers.
+    assert {(r, verb) for _, r, verb in discovery if verb not in ("get", "list", "watch")} == {
+        ("clusterrolebindings", "create"),
+        ("clusterrolebindings", "patch"),
+        ("clusterrolebindings", "delete"),
+        ("clusterroles", "bind"),
+    }
 
 
 def operator_role(manifests: list[dict]) -> set[tuple[str, str, str]]:
@@ -323,18 +358,21 @@ def operator_role(manifests: list[dict]) -> set[tuple[str, str, str]]:
         grants(role["rules"])
         for role in manifests
         if role["kind"] in ("ClusterRole", "Role")
-        and not role["metadata"]["name"].endswith("-discovery")
+        and not role["metadata"]["name"].endswith(("-discovery", "-broker-rack"))
     ]
     assert roles and all(role == roles[0] for role in roles)
     return roles[0]
 
 
 def broker_objects() -> list[dict[str, Any]]:
-    """The objects the operator makes for the example Broker."""
+    """The objects the operator makes for the example Broker, made rack-aware."""
     broker = yaml.safe_load((REPOSITORY / "examples" / "broker.yaml").read_text())
+    broker["spec"]["rack"] = {"enabled": True}
     spec = BrokerSpec.parse(broker["spec"], default_image="brook-broker:0.1.0")
     env = broker_env(spec)
-    return broker_resources.manifests(broker["metadata"]["name"], "default", spec, env)
+    return broker_resources.manifests(
+        broker["metadata"]["name"], "default", spec, env, "brook-brook-operator-broker-rack"
+    )
 
 
 @pytest.mark.parametrize("values", ["defaults", "namespaced"])
@@ -342,11 +380,20 @@ def test_rbac_lets_the_operator_manage_every_object_of_a_broker(
     rendered: dict[str, list[dict]], values: str
 ) -> None:
     granted = operator_role(rendered[values])
+    [discovery] = [
+        grants(role["rules"])
+        for role in by_kind(rendered[values], "ClusterRole")
+        if role["metadata"]["name"].endswith("-discovery")
+    ]
     for manifest in broker_objects():
         group = manifest["apiVersion"].rpartition("/")[0]
         plural = manifest["kind"].lower() + "s"
-        for verb in ("get", "list", "watch", "create", "patch", "delete"):
-            assert (group, plural, verb) in granted, (manifest["kind"], verb)
+        if "namespace" in manifest["metadata"]:
+            for verb in ("get", "list", "watch", "create", "patch", "delete"):
+                assert (group, plural, verb) in granted, (manifest["kind"], verb)
+        else:  # cluster-scoped: the rack binding, which the operator reads by name
+            for verb in ("get", "create", "patch", "delete"):
+                assert (group, plural, verb) in discovery, (manifest["kind"], verb)
     assert ("apps", "statefulsets/status", "get") in granted
     for kind in ("brokers", "topics", "consumergroups"):
         assert {("brook.dev", kind, v) for v in ("get", "list", "watch", "patch")} <= granted

@@ -3,7 +3,8 @@ broker processes run by the pod runner and Topics into topics of that cluster, c
 with a real Kafka client through the bootstrap address the Broker's status gives.
 
 One Broker cluster is shared by the tests of this module (it takes a while to start);
-each test works on Topics of its own, and the test that restarts a broker runs last.
+each test works on Topics of its own; the test that restarts a broker, then the one
+that deletes the Broker, run last.
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ TOPICS = "brook.dev/v1alpha1/topics"
 BOOTSTRAP = bootstrap(BROKER)
 READY_TIMEOUT_S = 120.0
 CHANGE_TIMEOUT_S = 60.0
+RACK_ROLE = {
+    "apiVersion": "rbac.authorization.k8s.io/v1",
+    "kind": "ClusterRole",
+    "metadata": {"name": "brook-operator-broker-rack"},
+    "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}],
+}
+RACK_BINDING = f"brook-rack.{NS}.{BROKER}"
+BINDINGS = "rbac.authorization.k8s.io/v1/clusterrolebindings"
 
 
 @dataclass
@@ -47,12 +56,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The emulated cluster, the operator, and a Broker of 3 replicas it has made Ready."""
     require_root()
     # Status every second: a restarting broker is away for a few seconds only.
+    # Rack-aware, as the chart installs the operator: brokers read their node's zone with
+    # their ServiceAccount, which the operator binds to the chart's node-reading role.
     with operated_broker(
         tmp_path_factory.mktemp("operator") / "kube",
         BROKER,
         3,
         settled=broker_ready,
-        operator_env={"BROOK_OPERATOR_STATUS_INTERVAL": "1"},
+        spec={"rack": {"enabled": True}},
+        installed=[RACK_ROLE],
+        operator_env={
+            "BROOK_OPERATOR_STATUS_INTERVAL": "1",
+            "BROOK_OPERATOR_RACK_CLUSTER_ROLE": RACK_ROLE["metadata"]["name"],
+        },
     ) as kube:
         # Without this, librdkafka's metadata requests of an admin client create topics.
         admin = AdminClient({"bootstrap.servers": BOOTSTRAP, "allow.auto.create.topics": False})
@@ -88,6 +104,15 @@ def wait_for_event(
     return kube.wait_for(
         posted, CHANGE_TIMEOUT_S, f"a {type_} Event {reason} ({words}) about {kind} {name}"
     )
+
+
+def pod_ordinal(pod: dict[str, Any]) -> int:
+    return int(pod["metadata"]["name"].rpartition("-")[2])
+
+
+def zone_of(kube: Kube, node: str) -> str:
+    labels = kube.get("v1/nodes", node, None)["metadata"]["labels"]
+    return str(labels["topology.kubernetes.io/zone"])
 
 
 def apply_topic(kube: Kube, name: str, **spec: Any) -> None:
@@ -199,6 +224,7 @@ def test_broker_becomes_ready_and_serves_a_topic_made_from_its_resource(
     assert {b.id for b in admin.list_topics(timeout=15).brokers.values()} == {0, 1, 2}
     objects = [
         f"ServiceAccount {BROKER}",
+        f"ClusterRoleBinding {RACK_BINDING}",
         f"ConfigMap {BROKER}-config",
         f"Service {BROKER}-brokers",
         f"Service {BROKER}",
@@ -217,6 +243,15 @@ def test_broker_becomes_ready_and_serves_a_topic_made_from_its_resource(
     found = wait_status_lists_cluster(kube, admin, "orders")
     assert sorted(found.replicas) == list(range(6))
     assert all(len(set(replicas)) == 3 for replicas in found.replicas.values()), found
+    # Each broker's rack is its node's zone, and every partition has a replica in each.
+    racks = {node.id: node.rack for node in admin.describe_cluster().result(15).nodes}
+    zones = {
+        pod_ordinal(pod): zone_of(kube, pod["spec"]["nodeName"])
+        for pod in kube.list("v1/pods", NS, f"app.kubernetes.io/instance={BROKER}")
+    }
+    assert racks == zones and len(set(zones.values())) == 3, (racks, zones)
+    for replicas in found.replicas.values():
+        assert {racks[broker] for broker in replicas} == set(zones.values()), found
     assert all(found.leaders[p] in replicas for p, replicas in found.replicas.items()), found
     assert found.configs["min.insync.replicas"] == "2"
     wait_for_event(kube, "Topic", "orders", "Normal", "TopicCreated", "6 partitions")
@@ -321,3 +356,15 @@ def test_a_deleted_broker_pod_comes_back_and_a_deleted_topic_goes(cluster: Clust
         "the topic to be deleted in the cluster",
     )
     wait_for_event(kube, "Topic", "restarts", "Normal", "TopicDeleted")
+
+
+def test_deleting_the_broker_removes_its_cluster_wide_binding(cluster: Cluster) -> None:
+    kube = cluster.kube
+    binding = kube.get(BINDINGS, RACK_BINDING, None)
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": BROKER, "namespace": NS}]
+    kube.delete(BROKERS, BROKER)
+    kube.wait_for(
+        lambda: kube.find(BINDINGS, RACK_BINDING, None) is None,
+        CHANGE_TIMEOUT_S,
+        "the rack ClusterRoleBinding to go with the Broker",
+    )

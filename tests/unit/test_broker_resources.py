@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from brook_broker.config import load_config
-from brook_broker.rack import RackLookupError, node_rack
 from brook_operator.broker_resources import (
     CONFIG_HASH_ANNOTATION,
     BrokerSpec,
@@ -23,11 +22,16 @@ from brook_operator.broker_resources import (
 IMAGE = "registry.example/brook-broker:1.0"
 
 
-def objects(spec: dict[str, Any] | None = None, name: str = "kafka", namespace: str = "prod"):
+def objects(
+    spec: dict[str, Any] | None = None,
+    name: str = "kafka",
+    namespace: str = "prod",
+    rack_role: str | None = None,
+):
     parsed = BrokerSpec.parse(spec or {}, IMAGE)
     return {
         obj["kind"] + "/" + obj["metadata"]["name"]: obj
-        for obj in manifests(name, namespace, parsed, broker_env(parsed))
+        for obj in manifests(name, namespace, parsed, broker_env(parsed), rack_role)
     }
 
 
@@ -160,6 +164,23 @@ def test_rack_adds_the_node_name_and_a_zone_spread() -> None:
     ]
     assert pod["automountServiceAccountToken"] is True
     assert "NODE_NAME" not in container_env()
+
+
+def test_a_rack_aware_brokers_account_is_bound_to_read_nodes() -> None:
+    rack = {"rack": {"enabled": True}}
+    found = objects(rack, rack_role="brook-broker-rack")
+    binding = found.pop("ClusterRoleBinding/brook-rack.prod.kafka")
+    assert "namespace" not in binding["metadata"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "brook-broker-rack",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kafka", "namespace": "prod"}]
+    assert list(found) == list(objects())
+    # Without a role to bind, or without rack awareness, nothing cluster-scoped is made.
+    assert list(objects(rack)) == list(objects())
+    assert list(objects(rack_role="brook-broker-rack")) == list(objects())
 
 
 def test_pod_disruption_budget_and_resources() -> None:
@@ -298,10 +319,3 @@ def test_removed_settings_leave_the_config_map() -> None:
         "BROOK_NUM_PARTITIONS": "3",
         "BROOK_LOG_RETENTION_MS": None,
     }
-
-
-def test_a_broker_learns_its_rack_only_when_the_pod_asks() -> None:
-    env = {item["name"]: item.get("value", "") for item in pod_spec()["containers"][0]["env"]}
-    assert node_rack(env) is None
-    with pytest.raises(RackLookupError, match="not running in a pod"):
-        node_rack({"NODE_NAME": "node-a", "BROOK_RACK_TOPOLOGY_KEY": "topology.kubernetes.io/zone"})

@@ -97,3 +97,8 @@ pods it restarts one at a time), and the Events it reports.
   resources: [events]
   verbs: [create, patch]
 {{- end }}
+
+{{/* The ClusterRole a rack-aware Broker's ServiceAccount is bound to. */}}
+{{- define "brook-operator.rackClusterRole" -}}
+{{ include "brook-operator.fullname" . }}-broker-rack
+{{- end }}

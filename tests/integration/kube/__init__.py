@@ -32,14 +32,18 @@ What runs where:
 - :mod:`.apiserver`: kmock's Kubernetes scaffold (HTTP, discovery from its bundled
   resource list, Status errors) serving the store: 201 on create, 422 on a failed
   json-patch test, 409 on conflicts, PUT, ``/status`` and ``/scale``, watches that resume
-  from a resourceVersion (410 when too old), end at ``timeoutSeconds`` and send BOOKMARKs.
+  from a resourceVersion (410 when too old), end at ``timeoutSeconds`` and send BOOKMARKs;
+  pods reach it over TLS.
+- :mod:`.rbac`: pods' ServiceAccount tokens, allowed what their (Cluster)RoleBindings
+  grant; any other token (the operator's, the tests') is the cluster admin's.
 - :mod:`.pods`: StatefulSet and Deployment controllers and a kubelet running each pod's
   container as a local process with its own 127.N.X.Y address (N differs between test
-  runs that overlap) and its volumes bind-mounted in a private mount namespace.
+  runs that overlap), its volumes bind-mounted in a private mount namespace, and, as a
+  kubelet gives it, its ServiceAccount token and the API server's address.
 - :mod:`.dns`: names in a marked block of ``/etc/hosts`` and a TCP proxy per cluster IP.
 
-Not emulated: admission webhooks, RBAC (every request is allowed), CEL validation rules
-(``x-kubernetes-validations``), liveness probes, ReplicaSets (a Deployment owns its pods),
-several containers or init containers per pod, the in-cluster service account token.
+Not emulated: admission webhooks, RBAC for the operator (its requests are all allowed),
+CEL validation rules (``x-kubernetes-validations``), liveness probes, ReplicaSets (a
+Deployment owns its pods), several containers or init containers per pod.
 Requires root (mount namespaces, ``/etc/hosts``).
 """

@@ -25,6 +25,7 @@ import attrs
 import kmock
 import yaml
 
+from .rbac import Access, Authorizer, verb
 from .store import (
     CRD_GROUP,
     JSON_PATCH,
@@ -88,9 +89,12 @@ class ApiServer(kmock.KubernetesScaffold):
 
     store: Store = attrs.field(factory=Store)
     bookmark_interval: float = 5.0
+    authorizer: Authorizer = attrs.field(init=False)
+    """Pods' service account tokens and what RBAC grants them."""
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
+        self.authorizer = Authorizer(self.store)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             self.resources.load_bundled()
@@ -184,6 +188,16 @@ class ApiServer(kmock.KubernetesScaffold):
         namespace, name, sub = route.namespace, route.name, route.subresource
         method = str(request.method.value).upper()
         params = request.params
+        self.authorizer.check(
+            request.headers.get("Authorization"),
+            Access(
+                verb(method, name is not None, _truthy(params.get("watch"))),
+                route.group,
+                f"{route.plural}/{sub}" if sub else route.plural,
+                namespace,
+                name,
+            ),
+        )
         if method == "GET" and _truthy(params.get("watch")):
             if name is not None:
                 params = {**params, "fieldSelector": f"metadata.name={name}"}

@@ -190,10 +190,7 @@ class ServiceNetwork:
                 upstream_reader, upstream_writer = await asyncio.open_connection(host, port)
             except OSError:
                 return
-            try:
-                await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
-            finally:
-                upstream_writer.close()
+            await splice(reader, writer, upstream_reader, upstream_writer)
         finally:
             writer.close()
 
@@ -206,6 +203,20 @@ def _target_port(pod: Object, target: int | str) -> int | None:
             if declared.get("name") == target:
                 return int(declared["containerPort"])
     return None
+
+
+async def splice(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    upstream_reader: asyncio.StreamReader,
+    upstream_writer: asyncio.StreamWriter,
+) -> None:
+    """Relay both ways until both sides are done, then close both."""
+    try:
+        await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+    finally:
+        upstream_writer.close()
+        writer.close()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -17,14 +18,17 @@ from typing import Any, TypeVar
 
 import kmock
 
+from tests.support.tls import ServerCertificate, issue
+
 from .apiserver import ApiServer, write_kubeconfig
-from .dns import HOSTS, ServiceNetwork
-from .pods import PodRunner, pod_ready
+from .dns import HOSTS, ServiceNetwork, splice
+from .pods import ApiEndpoint, PodRunner, pod_ready
 from .store import MERGE_PATCH, ApiError, Object, ResourceType
 
 T = TypeVar("T")
 
 START_TIMEOUT_S = 10.0
+API_HOST = "127.0.0.1"
 STOP_TIMEOUT_S = 40.0
 
 
@@ -64,7 +68,11 @@ class Kube:
         await server.__aenter__()
         self.url = str(server.url).rstrip("/")
 
+        certificate = issue(self.root / "apiserver-tls", [API_HOST])
+        tls = await self._serve_tls(server.port, certificate)
+
         async def exit_server() -> None:
+            tls.close()
             await server.__aexit__(None, None, None)
             await self.api.__aexit__(None, None, None)
 
@@ -75,9 +83,29 @@ class Kube:
             store.create(namespaces, None, {"metadata": {"name": name}})
         self.api.load_crds(self._crds)
         self.network = ServiceNetwork(store, self._hosts)
-        self.runner = PodRunner(store, self.root, self.network.refresh_hosts)
+        host, port = tls.sockets[0].getsockname()[:2]
+        endpoint = ApiEndpoint(host, port, certificate.ca, self.api.authorizer)
+        self.runner = PodRunner(store, self.root, endpoint, self.network.refresh_hosts)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.runner.run()), loop.create_task(self.network.run())]
+
+    @staticmethod
+    async def _serve_tls(plain_port: int, certificate: ServerCertificate) -> asyncio.Server:
+        """The API server over TLS, for pods (a pod trusts the CA it is given)."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(certificate.certificate, certificate.key)
+
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                upstream_reader, upstream_writer = await asyncio.open_connection(
+                    API_HOST, plain_port
+                )
+            except OSError:
+                writer.close()
+                return
+            await splice(reader, writer, upstream_reader, upstream_writer)
+
+        return await asyncio.start_server(relay, API_HOST, 0, ssl=context)
 
     def stop(self) -> None:
         """Stop every pod process, the proxies, the server; remove the hosts block."""

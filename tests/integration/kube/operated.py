@@ -5,7 +5,7 @@ resources and Events back."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -63,24 +63,29 @@ def operated_broker(
     replicas: int,
     *,
     settled: Callable[[Mapping[str, Any]], bool] = is_ready,
+    spec: Mapping[str, Any] | None = None,
+    installed: Sequence[Mapping[str, Any]] = (),
     operator_env: Mapping[str, str] | None = None,
     report: bool = True,
 ) -> Iterator[Kube]:
     """The emulated cluster with ``brook-operator`` running and a Broker ``name`` of
-    ``replicas`` brokers once ``settled`` holds for it (default: Ready). At the end the
-    operator's log, the Events and the pods are printed (for a failing test's report,
-    unless ``report`` is off) and everything is stopped."""
+    ``replicas`` brokers (and the rest of ``spec``) once ``settled`` holds for it (default:
+    Ready); the ``installed`` objects (what the chart would install) exist before it. At
+    the end the operator's log, the Events and the pods are printed (for a failing test's
+    report, unless ``report`` is off) and everything is stopped."""
     kube = Kube(root, crds=CRD_FILES)
     operator = OperatorProcess(kube, env=dict(operator_env or {}))
     try:
         kube.start()
+        for obj in installed:
+            kube.apply(dict(obj))
         operator.start()
         kube.apply(
             {
                 "apiVersion": "brook.dev/v1alpha1",
                 "kind": "Broker",
                 "metadata": {"name": name},
-                "spec": {"replicas": replicas},
+                "spec": {**(spec or {}), "replicas": replicas},
             }
         )
         kube.wait_for(

@@ -10,6 +10,10 @@ sets' status; the kubelet runs the single container of every Pod as a local proc
   ``configMapKeyRef``/``secretKeyRef``, ``envFrom``, ``$(VAR)`` expansion;
 - volumes are directories: a PVC's outlives its pods; the process runs in a private mount
   namespace where each directory is bind-mounted at the container's ``mountPath``;
+- like a kubelet, it points every pod at the API server (``KUBERNETES_SERVICE_HOST`` and
+  ``_PORT``, over TLS) and, unless ``automountServiceAccountToken`` is false, mounts its
+  ServiceAccount's token, the CA and the namespace at the usual path; what the token may
+  do is what RBAC grants that ServiceAccount;
 - the readinessProbe (httpGet) decides the pod's Ready condition; a process that exits is
   restarted (restartCount grows); a Pod object deleted has its process stopped (SIGTERM,
   SIGKILL after the grace period) before a pod of the same name starts again;
@@ -30,11 +34,13 @@ import random
 import signal
 import string
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from brook_cli import local
 
+from .rbac import Authorizer, ServiceAccount
 from .store import HARNESS_NETWORK, ApiError, Object, Store, WatchEvent, now
 
 POD_NETWORK = f"127.{HARNESS_NETWORK}"
@@ -44,6 +50,7 @@ PROBE_PERIOD_MAX_S = 1.0
 """Probes run at their periodSeconds, at most this far apart: tests wait less."""
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)
 ZONES = ("zone-a", "zone-b", "zone-c")
+SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 _MOUNT_SCRIPT = (
     'while [ "$1" != -- ]; do mkdir -p "$2" && mount --bind "$1" "$2" || exit 125; '
@@ -102,14 +109,31 @@ def _owner_reference(owner: Object) -> Object:
     }
 
 
+@dataclass(frozen=True)
+class ApiEndpoint:
+    """Where pods reach the API server, and how they trust and authenticate to it."""
+
+    host: str
+    port: int
+    ca: Path
+    """The CA certificate (PEM) of the server's TLS certificate."""
+    authorizer: Authorizer
+
+
 class PodRunner:
     """Runs inside the harness's event loop; ``run()`` until cancelled, then ``stop()``."""
 
     def __init__(
-        self, store: Store, root: Path, before_start: Callable[[], object] = lambda: None
+        self,
+        store: Store,
+        root: Path,
+        api: ApiEndpoint,
+        before_start: Callable[[], object] = lambda: None,
     ) -> None:
         self.store = store
         self.root = root
+        self.api = api
+        self._made_mount_points = not Path(SERVICE_ACCOUNT_PATH).exists()
         self.before_start = before_start
         """Called before containers start, once their pods have addresses: the service
         network publishes the names then, so a starting broker resolves its peers."""
@@ -126,6 +150,7 @@ class PodRunner:
                 "secrets": ("", "secrets"),
                 "pvcs": ("", "persistentvolumeclaims"),
                 "nodes": ("", "nodes"),
+                "serviceaccounts": ("", "serviceaccounts"),
                 "statefulsets": ("apps", "statefulsets"),
                 "deployments": ("apps", "deployments"),
             }.items()
@@ -162,6 +187,10 @@ class PodRunner:
         self.store.listeners.remove(self._on_event)
         instances, self.instances = list(self.instances.values()), {}
         await asyncio.gather(*(instance.stop() for instance in instances), *self._retiring)
+        if self._made_mount_points:
+            # Mount points the pods' bind mounts made on this machine: gone if still empty.
+            with contextlib.suppress(OSError):
+                os.removedirs(SERVICE_ACCOUNT_PATH)
 
     # --- addresses and nodes ---
 
@@ -472,10 +501,14 @@ class PodRunner:
                 "commands, not images"
             )
         mounts = self._mounts(pod, container)
+        if self._automounts_token(pod):
+            mounts.append((self._service_account_dir(pod), SERVICE_ACCOUNT_PATH))
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.root),
             "HOSTNAME": meta["name"],
+            "KUBERNETES_SERVICE_HOST": self.api.host,
+            "KUBERNETES_SERVICE_PORT": str(self.api.port),
             **variables,
         }
         wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _MOUNT_SCRIPT]
@@ -528,11 +561,38 @@ class PodRunner:
                 return data.get(ref["key"])
         return None
 
-    def _mounts(self, pod: Object, container: Object) -> list[tuple[Path, str]]:
+    def _instance_dir(self, pod: Object) -> Path:
+        """This Pod object's own files: a new pod of the same name gets new ones."""
         meta = pod["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
+        return self.root / "pods" / meta["namespace"] / f"{meta['name']}-{meta['uid'][:8]}"
+
+    def _automounts_token(self, pod: Object) -> bool:
+        """The pod's ``automountServiceAccountToken``, else its ServiceAccount's, else yes."""
+        choice = pod["spec"].get("automountServiceAccountToken")
+        if choice is None:
+            account = self.store.find(
+                self._kinds["serviceaccounts"],
+                pod["metadata"]["namespace"],
+                pod["spec"].get("serviceAccountName") or "default",
+            )
+            choice = (account or {}).get("automountServiceAccountToken")
+        return choice is not False
+
+    def _service_account_dir(self, pod: Object) -> Path:
+        """The token, CA and namespace files a pod finds at ``SERVICE_ACCOUNT_PATH``."""
+        account_name = pod["spec"].get("serviceAccountName") or "default"
+        account = ServiceAccount(pod["metadata"]["namespace"], account_name)
+        directory = self._instance_dir(pod) / "serviceaccount"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "token").write_text(self.api.authorizer.issue(account))
+        (directory / "ca.crt").write_bytes(self.api.ca.read_bytes())
+        (directory / "namespace").write_text(account.namespace)
+        return directory
+
+    def _mounts(self, pod: Object, container: Object) -> list[tuple[Path, str]]:
+        namespace = pod["metadata"]["namespace"]
         volumes = {volume["name"]: volume for volume in pod["spec"].get("volumes") or []}
-        instance_dir = self.root / "pods" / namespace / f"{name}-{meta['uid'][:8]}"
+        instance_dir = self._instance_dir(pod)
         mounts = []
         for mount in container.get("volumeMounts") or []:
             volume = volumes.get(mount["name"])
