@@ -27,6 +27,7 @@ CLIENT_IMAGE = f"brook-e2e-client:{TAG}"
 RELEASE = "brook"
 OPERATOR_NAMESPACE = "brook-system"
 GROUP, VERSION = "brook.dev", "v1alpha1"
+ZONE_LABEL, ZONE = "topology.kubernetes.io/zone", "zone-a"
 
 T = TypeVar("T")
 
@@ -76,6 +77,10 @@ def create_cluster(kubeconfig: Path) -> None:
     )
     for image in (BROKER_IMAGE, OPERATOR_IMAGE, CLIENT_IMAGE):
         run(["kind", "load", "docker-image", image, "--name", CLUSTER_NAME])
+    # kind's nodes have no zone; rack-aware Brokers read theirs from this label.
+    core = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+    for node in core.list_node().items:
+        core.patch_node(node.metadata.name, {"metadata": {"labels": {ZONE_LABEL: ZONE}}})
 
 
 def install_chart(kubeconfig: Path) -> None:

@@ -14,8 +14,9 @@ from brook_operator.topic_plan import (
     PARTITIONS_CANNOT_SHRINK,
     REPLICATION_FACTOR_TOO_LARGE,
 )
+from kubernetes import client
 
-from tests.e2e.kind import REPOSITORY, Cluster, condition, wait_for
+from tests.e2e.kind import RELEASE, REPOSITORY, Cluster, condition, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -28,6 +29,9 @@ def example(name: str) -> dict[str, Any]:
 
 
 BROKER = example("broker.yaml")
+# Rack-aware: each broker reads its node's zone with its ServiceAccount, which works only
+# through the ClusterRoleBinding the operator makes with the chart's rack role.
+BROKER["spec"]["rack"] = {"enabled": True}
 TOPIC = example("topic.yaml")
 BROKER_NAME, TOPIC_NAME = BROKER["metadata"]["name"], TOPIC["metadata"]["name"]
 
@@ -87,6 +91,10 @@ def test_broker_becomes_ready(cluster: Cluster) -> None:
     assert status["replicas"] == 3
     assert status["controller"] in (0, 1, 2)
     assert status["bootstrap"] == f"{BROKER_NAME}.{cluster.namespace}.svc.cluster.local:9092"
+    # Ready brokers learnt their rack: the binding that lets them read nodes exists.
+    rbac = client.RbacAuthorizationV1Api(cluster.api)
+    binding = rbac.read_cluster_role_binding(f"brook-rack.{cluster.namespace}.{BROKER_NAME}")
+    assert binding.role_ref.name == f"{RELEASE}-brook-operator-broker-rack"
 
 
 def test_topic_gets_its_layout(cluster: Cluster) -> None:
