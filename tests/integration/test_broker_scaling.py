@@ -1,8 +1,10 @@
 """Scaling a Broker never costs data: in the emulated cluster, with real brokers, while a
 confluent-kafka producer writes numbered records with ``acks=all``, the operator scales
-3 → 5 (partitions move onto the new brokers), back 5 → 3 (the leaving brokers drained
-before their pods go), and rolls the 3 brokers for a config change (one at a time, the
-controller last, no partition under min ISR). Every acknowledged record is read back.
+3 → 5 (partitions move onto the new brokers), back 5 → 3 (refused while a topic's
+replication factor is 5, then the leaving brokers drained before their pods go), and
+rolls the 3 brokers for a config change (one at a time, the controller last, no
+partition under min ISR). Every acknowledged record is read back. Last, autoscale adds a
+broker once each holds more partitions than its bound allows.
 """
 
 from __future__ import annotations
@@ -92,6 +94,16 @@ def set_replicas(kube: Kube, replicas: int) -> None:
     kube.patch(BROKERS, BROKER, {"spec": {"replicas": replicas}})
 
 
+def scale_in_refused(kube: Kube, replicas: int, reason: str) -> dict[str, Any]:
+    """Asks for ``replicas`` brokers; the Broker once its Ready condition refuses them."""
+    set_replicas(kube, replicas)
+    return kube.wait_for(
+        lambda: condition(b := kube.get(BROKERS, BROKER)).get("reason") == reason and b,
+        30,
+        f"the scale-in to {replicas} brokers to be refused with {reason}",
+    )
+
+
 def pods(kube: Kube) -> dict[str, dict[str, Any]]:
     found = kube.list("v1/pods", NS, f"app.kubernetes.io/instance={BROKER}")
     return {p["metadata"]["name"]: p for p in found}
@@ -131,7 +143,15 @@ def test_scale_out_and_back_in_under_acks_all_writes(cluster: Cluster) -> None:
             "brokers 3 or 4 to lead a partition",
         )
 
-        set_replicas(kube, 3)
+        # A topic as wide as 5 brokers holds the scale-in back, with nothing moved,
+        # until it is gone.
+        admin.create_topics([NewTopic("wide", 1, 5)])["wide"].result(15)
+        refused = scale_in_refused(kube, 3, "ScaleInBelowReplicationFactor")
+        assert "factor of topics wide (5)" in condition(refused)["message"]
+        assert kube.get("apps/v1/statefulsets", BROKER)["spec"]["replicas"] == 5
+        assert "Draining" not in reasons(kube)
+        assert layout(admin, "scaling") == after_out
+        admin.delete_topics(["wide"])["wide"].result(15)
         # The leaving pods stay until drained: sample while the drain runs.
         drained_before_gone = True
         deadline = time.monotonic() + SCALING_TIMEOUT_S
@@ -162,17 +182,8 @@ def test_scale_out_and_back_in_under_acks_all_writes(cluster: Cluster) -> None:
 def test_scale_in_that_would_remove_quorum_voters_changes_nothing(cluster: Cluster) -> None:
     kube = cluster.kube
     before = {name: p["metadata"]["uid"] for name, p in pods(kube).items()}
-    set_replicas(kube, 2)
     try:
-        refused = kube.wait_for(
-            lambda: (
-                condition(b := kube.get(BROKERS, BROKER)).get("reason")
-                == "ScaleInRemovesQuorumVoters"
-                and b
-            ),
-            30,
-            "the scale-in to be refused",
-        )
+        refused = scale_in_refused(kube, 2, "ScaleInRemovesQuorumVoters")
         assert "keep at least 3 brokers" in condition(refused)["message"]
         time.sleep(2)
         assert kube.get("apps/v1/statefulsets", BROKER)["spec"]["replicas"] == 3
@@ -276,3 +287,20 @@ def test_rolling_restart_keeps_min_isr_and_every_acked_write(cluster: Cluster) -
     assert sampler.samples > 20
     assert sampler.smallest_isr >= MIN_ISR, sampler
     assert sampler.most_pods_away <= 1, sampler
+
+
+def test_autoscale_adds_brokers_while_each_holds_too_many_partitions(cluster: Cluster) -> None:
+    kube, admin = cluster.kube, cluster.admin
+    topics = admin.list_topics(timeout=15).topics.values()
+    partition_replicas = sum(len(p.replicas) for t in topics for p in t.partitions.values())
+    # At most a quarter of them per broker: 4 brokers at least, 4 at most.
+    bound = partition_replicas // 4
+    autoscale = {"enabled": True, "maxReplicas": 4, "maxPartitionsPerBroker": bound}
+    kube.patch(BROKERS, BROKER, {"spec": {"autoscale": autoscale}})
+    broker = wait_settled(kube, 4, SCALING_TIMEOUT_S)
+    assert broker["spec"]["replicas"] == 3
+    decision = broker["status"]["autoscale"]
+    assert decision["replicas"] == 4, decision
+    assert f"at most {bound} per broker" in decision["reason"], decision
+    assert "capped at maxReplicas" in decision["reason"], decision
+    assert any(3 in replicas for replicas, _ in layout(admin, "scaling").values())

@@ -10,6 +10,7 @@ that deletes the Broker, run last.
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,9 @@ from typing import Any
 import confluent_kafka
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+from prometheus_client.parser import text_string_to_metric_families
 
+from .brokers import free_port
 from .clients import ConfluentDriver, Message
 from .kube.harness import Kube
 from .kube.operated import (
@@ -49,6 +52,19 @@ BINDINGS = "rbac.authorization.k8s.io/v1/clusterrolebindings"
 class Cluster:
     kube: Kube
     admin: AdminClient
+    metrics_port: int
+    health_port: int
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """The operator's samples now, by name and labels."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +72,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The emulated cluster, the operator, and a Broker of 3 replicas it has made Ready."""
     require_root()
     # Status every second: a restarting broker is away for a few seconds only.
+    metrics_port, health_port = free_port(), free_port()
     # Rack-aware, as the chart installs the operator: brokers read their node's zone with
     # their ServiceAccount, which the operator binds to the chart's node-reading role.
     with operated_broker(
@@ -68,11 +85,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         operator_env={
             "BROOK_OPERATOR_STATUS_INTERVAL": "1",
             "BROOK_OPERATOR_RACK_CLUSTER_ROLE": RACK_ROLE["metadata"]["name"],
+            "BROOK_OPERATOR_METRICS_PORT": str(metrics_port),
+            "BROOK_OPERATOR_HEALTH_PORT": str(health_port),
         },
     ) as kube:
         # Without this, librdkafka's metadata requests of an admin client create topics.
         admin = AdminClient({"bootstrap.servers": BOOTSTRAP, "allow.auto.create.topics": False})
-        yield Cluster(kube, admin)
+        yield Cluster(kube, admin, metrics_port, health_port)
 
 
 # --- reading the resources ----------------------------------------------------------------
@@ -314,6 +333,27 @@ def test_topic_grows_and_refused_specs_change_nothing(cluster: Cluster) -> None:
 
         apply_topic(kube, "growing", **valid)
         wait_topic_ready(kube, "growing", 12)
+
+
+def test_metrics_and_health_say_what_the_operator_did(cluster: Cluster) -> None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{cluster.health_port}/healthz") as health:
+        assert health.status == 200
+    found = cluster.metrics()
+    broker = (("name", BROKER), ("namespace", NS))
+    assert found[("brook_operator_broker_ready", broker)] == 1
+    assert found[("brook_operator_broker_ready_brokers", broker)] == 3
+    assert found[("brook_operator_broker_under_min_isr_partitions", broker)] == 0
+    assert found[("brook_operator_managed_resources", (("kind", "Broker"),))] == 1
+    # What the earlier tests of this module made the operator do.
+    assert found[("brook_operator_topic_actions_total", (("action", "CreateTopic"),))] >= 1
+    assert found[("brook_operator_topic_actions_total", (("action", "GrowPartitions"),))] >= 1
+    topic_outcomes = {
+        dict(labels)["outcome"]: value
+        for (name, labels), value in found.items()
+        if name == "brook_operator_reconciliations_total" and ("kind", "Topic") in labels
+    }
+    assert topic_outcomes.get("refused", 0) >= len(REFUSED_SPECS), topic_outcomes
+    assert topic_outcomes.get("applied", 0) >= 1, topic_outcomes
 
 
 def test_a_deleted_broker_pod_comes_back_and_a_deleted_topic_goes(cluster: Cluster) -> None:
