@@ -58,6 +58,12 @@ RECORDS_IN = Counter(
 RECORDS_OUT = Counter(
     "brook_records_out", "Records sent to consumers", ["topic"], registry=REGISTRY
 )
+DUPLICATE_BATCHES = Counter(
+    "brook_duplicate_batches",
+    "Idempotent producers' retries answered with the original offsets, not appended again",
+    ["topic"],
+    registry=REGISTRY,
+)
 ISR_SHRINKS = Counter(
     "brook_isr_shrinks",
     "Followers removed from the ISR of partitions this broker leads",

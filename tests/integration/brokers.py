@@ -13,6 +13,7 @@ import signal
 import socket
 import struct
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from kio.schema.request_header.v1.header import RequestHeader as RequestHeaderV1
 from kio.schema.request_header.v2.header import RequestHeader as RequestHeaderV2
 from kio.schema.response_header.v0.header import ResponseHeader as ResponseHeaderV0
 from kio.serial import entity_reader, entity_writer
+from prometheus_client.parser import text_string_to_metric_families
 
 HOST = "127.0.0.1"
 PORT_FLOOR = 10000
@@ -132,6 +134,18 @@ class BrokerProcess:
     @property
     def http_address(self) -> str:
         return self.spec.http_address
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples (0 if it has none)."""
+        url = f"http://{self.http_address}/metrics"
+        with urllib.request.urlopen(url, timeout=5.0) as response:
+            text = response.read().decode()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        )
 
     @property
     def pid(self) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Any
 import confluent_kafka
 from brook_broker.storage.batch import BatchHeader, iter_headers
 from kio.schema.metadata.v12.request import MetadataRequest, MetadataRequestTopic
-from prometheus_client.parser import text_string_to_metric_families
 
 from .brokers import BrokerProcess, KafkaConnection, free_port, stop_brokers, wait_until
 from .clients import confluent_consumer, create_topic
@@ -300,15 +298,7 @@ class Cluster:
 
     def metric(self, node_id: int, name: str) -> float:
         """The sum of a metric's samples on one broker (0 if it has none)."""
-        url = f"http://{self.brokers[node_id].http_address}/metrics"
-        with urllib.request.urlopen(url, timeout=5.0) as response:
-            text = response.read().decode()
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == name
-        )
+        return self.brokers[node_id].metric(name)
 
     def stored_batches(
         self, node_id: int, topic: str, partition: int

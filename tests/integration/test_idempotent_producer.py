@@ -104,6 +104,9 @@ def test_a_retried_batch_gets_its_original_offset_and_is_stored_once(
         assert fenced.error_code == INVALID_PRODUCER_EPOCH
         stored = stored_values(connection)
     assert [offset for offset, _ in stored] == [0, 3, 5]
+    # Four retries answered, six records appended: the retries are not counted as input.
+    assert broker.metric("brook_duplicate_batches_total") == 4
+    assert broker.metric("brook_records_in_total") == 6
     assert [payload for _, payload in stored[:2]] == [
         payload for _, payload in split_batches(first + second)
     ]

@@ -111,8 +111,11 @@ def _append(
             "append failed", extra={"partition": f"{topic_name}-{index}", "error": str(error)}
         )
         raise ApiError(ErrorCode.kafka_storage_error, f"append failed: {error}") from None
-    metrics.BYTES_IN.labels(topic=topic_name).inc(len(records))
-    metrics.RECORDS_IN.labels(topic=topic_name).inc(appended.record_count)
+    if appended.record_count:
+        metrics.BYTES_IN.labels(topic=topic_name).inc(len(records))
+        metrics.RECORDS_IN.labels(topic=topic_name).inc(appended.record_count)
+    else:  # a retry of a batch already in the log
+        metrics.DUPLICATE_BATCHES.labels(topic=topic_name).inc()
     append_time = appended.log_append_time_ms
     answer = {
         "index": index,
