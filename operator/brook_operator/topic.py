@@ -81,6 +81,8 @@ class _State:
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_event: str | None = None
+    warned: str | None = None
+    """The reason of the last Warning Event, until the topic is ready again."""
     reassigning: bool = False
 
 
@@ -318,14 +320,23 @@ def _conclude(
     warnings: tuple[Finding, ...],
     outcome: str,
 ) -> None:
-    """Conditions into the status; an Event when the topic stops being ready for a new
-    reason (refused, cluster missing or unreachable), not again at every timer tick."""
+    """Conditions into the status; a Warning Event when the topic stops being ready for a
+    new reason (refused, cluster missing or unreachable), not again at every timer tick,
+    and a Normal one when it is ready again after such a warning."""
     now = timestamp(datetime.datetime.now(datetime.UTC))
     patch.status["conditions"] = conditions(ready, finding, warnings, previous, now)
     metrics.RECONCILIATIONS.labels(KIND, outcome).inc()
     event = f"{finding.reason}: {finding.message}"
     if not ready and finding.reason != RECONCILING and state.last_event != event:
         kopf.warn(body, reason=finding.reason, message=finding.message)
+        state.warned = finding.reason
+    if ready and state.warned is not None:
+        kopf.info(
+            body,
+            reason=finding.reason,
+            message=f"{finding.message}; no longer {state.warned}",
+        )
+        state.warned = None
     state.last_event = None if ready else event
 
 

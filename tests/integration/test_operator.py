@@ -333,6 +333,7 @@ def test_topic_grows_and_refused_specs_change_nothing(cluster: Cluster) -> None:
 
         apply_topic(kube, "growing", **valid)
         wait_topic_ready(kube, "growing", 12)
+        wait_for_event(kube, "Topic", "growing", "Normal", "TopicReady", f"no longer {reason}")
 
 
 def test_metrics_and_health_say_what_the_operator_did(cluster: Cluster) -> None:
