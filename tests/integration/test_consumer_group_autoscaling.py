@@ -4,7 +4,8 @@ of six partitions, a Deployment whose pods are real consumer processes of one gr
 scaling that Deployment by the group's lag.
 
 One Broker (a single broker keeps it cheap) is shared by the tests of this module; each
-test has its own topic, group and Deployment.
+test has its own topic, group and Deployment (or StatefulSet: the same scaling, through
+its scale subresource).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .test_operator import BOOTSTRAP, BROKER, apply_topic, wait_for_event, wait_
 
 GROUPS = "brook.dev/v1alpha1/consumergroups"
 DEPLOYMENTS = "apps/v1/deployments"
+STATEFUL_SETS = "apps/v1/statefulsets"
 PARTITIONS = 6
 SCALE_DOWN_WINDOW_S = 20
 INTERVAL_S = 2
@@ -64,10 +66,29 @@ def produce(topic: str, count: int) -> set[str]:
     return set(values)
 
 
+def topic_with_backlog(
+    kube: Kube, topic: str, records: int, tmp_path: Path
+) -> tuple[set[str], Path]:
+    """A Topic of ``PARTITIONS`` partitions holding ``records`` numbered records (their
+    values), and an empty directory for the consumers' journals."""
+    apply_topic(kube, topic, partitions=PARTITIONS, replicationFactor=1, minInsyncReplicas=1)
+    wait_topic_ready(kube, topic, PARTITIONS)
+    produced = produce(topic, records)
+    journals = tmp_path / "journals"
+    journals.mkdir()
+    return produced, journals
+
+
 def consumer_deployment(
-    name: str, topic: str, journals: Path, record_delay_ms: int, *extra: str
+    name: str,
+    topic: str,
+    journals: Path,
+    record_delay_ms: int,
+    *extra: str,
+    kind: str = "Deployment",
 ) -> dict[str, Any]:
-    """A Deployment of group members (``group_member.py``), one journal per pod."""
+    """A Deployment (or StatefulSet) of group members (``group_member.py``), one journal
+    per pod."""
     command = [
         sys.executable, "-m", "tests.integration.group_member", "--client", "confluent",
         "--bootstrap", BOOTSTRAP, "--group", name, "--topic", topic,
@@ -77,10 +98,11 @@ def consumer_deployment(
     labels = {"app": name}
     return {
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "kind": kind,
         "metadata": {"name": name},
         "spec": {
             "replicas": 1,
+            **({"serviceName": name} if kind == "StatefulSet" else {}),
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels},
@@ -195,11 +217,7 @@ def test_backlog_scales_consumers_up_to_the_partitions_drains_and_scales_down(
     kube: Kube, watch_of: Any, tmp_path: Path
 ) -> None:
     name = topic = "backlog"
-    apply_topic(kube, topic, partitions=PARTITIONS, replicationFactor=1, minInsyncReplicas=1)
-    wait_topic_ready(kube, topic, PARTITIONS)
-    produced = produce(topic, 6000)
-    journals = tmp_path / "journals"
-    journals.mkdir()
+    produced, journals = topic_with_backlog(kube, topic, 6000, tmp_path)
     # 10 ms a record: one consumer needs a minute for the backlog.
     kube.apply(consumer_deployment(name, topic, journals, 10))
     kube.wait_ready_pods(f"app={name}", 1)
@@ -265,11 +283,7 @@ def test_a_stuck_partition_is_reported_and_does_not_scale_the_consumers(
 ) -> None:
     name = topic = "poison"
     stuck = 2
-    apply_topic(kube, topic, partitions=PARTITIONS, replicationFactor=1, minInsyncReplicas=1)
-    wait_topic_ready(kube, topic, PARTITIONS)
-    produce(topic, 1200)
-    journals = tmp_path / "journals"
-    journals.mkdir()
+    _, journals = topic_with_backlog(kube, topic, 1200, tmp_path)
     kube.apply(consumer_deployment(name, topic, journals, 2, "--skip-commit-partition", str(stuck)))
     kube.wait_ready_pods(f"app={name}", 1)
     watch = watch_of(name)
@@ -317,6 +331,37 @@ def test_a_stuck_partition_is_reported_and_does_not_scale_the_consumers(
     assert watch.changes and {replicas for _, replicas in watch.changes} == {1}, watch.changes
     assert status["desiredReplicas"] == 1
     kube.delete(DEPLOYMENTS, name)
+
+
+@pytest.mark.slow
+def test_a_stateful_set_of_consumers_is_scaled_the_same_way(kube: Kube, tmp_path: Path) -> None:
+    name = topic = "ledger"
+    produced, journals = topic_with_backlog(kube, topic, 3000, tmp_path)
+    kube.apply(consumer_deployment(name, topic, journals, 10, kind="StatefulSet"))
+    kube.wait_ready_pods(f"app={name}", 1)
+    target = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": name}
+    kube.apply(
+        consumer_group(
+            name,
+            topic,
+            scaleTargetRef=target,
+            minReplicas=1,
+            maxReplicas=3,
+            lagPerReplica=500,
+            scaleUpStabilizationSeconds=0,
+            cooldownSeconds=4,
+        )
+    )
+    kube.wait_for(
+        lambda: kube.get(STATEFUL_SETS, name)["spec"]["replicas"] == 3,
+        30,
+        "the StatefulSet scaled to its maximum of 3",
+    )
+    pods = kube.wait_ready_pods(f"app={name}", 3)
+    assert sorted(p["metadata"]["name"] for p in pods) == [f"{name}-{i}" for i in range(3)]
+    wait_for_event(kube, "ConsumerGroup", name, "Normal", "ScaledUp", "to 3")
+    kube.wait_for(lambda: consumed(journals) >= produced, 90, "the backlog consumed")
+    kube.delete(STATEFUL_SETS, name)
 
 
 def trickle(topic: str, stop: threading.Event, per_second: int = 60) -> None:
