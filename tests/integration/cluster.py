@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import confluent_kafka
 from brook_broker.storage.batch import BatchHeader, iter_headers
@@ -511,12 +511,22 @@ def high_watermark(
             time.sleep(0.5)
 
 
+class LogCheck(NamedTuple):
+    duplicates: int
+    """Copies of a record beyond its first (retries without idempotence)."""
+    reordered: int
+
+
 def check_acknowledged(
     acked: Mapping[int, Ack], log: Mapping[int, Sequence[tuple[int, int]]]
-) -> int:
-    """Assert that every acknowledged record is in the log at its acknowledged offset and
-    that acknowledged records keep their order per partition (the first copy of each comes
-    after the first copy of every smaller one). Returns the number of duplicate copies."""
+) -> LogCheck:
+    """Assert that every acknowledged record is in the log at its acknowledged offset; count
+    the duplicate copies, and the acknowledged records whose first copy comes after that of
+    a later-numbered acknowledged one.
+
+    Order is counted, not asserted: without idempotence, librdkafka's one request in flight
+    holds per connection, so a batch retried after a leader move can land behind a later
+    one sent to the new leader meanwhile. The idempotent producer's test asserts order."""
     at_offset = {
         partition: dict(records) for partition, records in log.items()
     }  # partition -> offset -> sequence
@@ -529,22 +539,19 @@ def check_acknowledged(
         f"{len(missing)} of {len(acked)} acknowledged records are not at their offsets, "
         f"e.g. {sorted(missing.items())[:10]}"
     )
-    duplicates = 0
-    for partition, records in log.items():
+    duplicates = reordered = 0
+    for records in log.values():
         seen: set[int] = set()
         last_acked = -1
-        for offset, sequence in records:
+        for _, sequence in records:
             if sequence in seen:
                 duplicates += 1
                 continue
             seen.add(sequence)
             if sequence in acked:
-                assert sequence > last_acked, (
-                    f"partition {partition}: acknowledged record {sequence} at offset {offset} "
-                    f"comes after acknowledged record {last_acked}"
-                )
-                last_acked = sequence
-    return duplicates
+                reordered += sequence < last_acked
+                last_acked = max(last_acked, sequence)
+    return LogCheck(duplicates, reordered)
 
 
 # --- writing while leaders are killed ---------------------------------------------------

@@ -167,9 +167,9 @@ def test_idempotent_producer_writes_each_record_once_while_leaders_are_killed(
     print(f"idempotent: {run.summary()}")
     failed = sorted(run.producer.failed.items())[:5]
     assert not run.producer.failed, f"{len(run.producer.failed)} records failed, e.g. {failed}"
-    duplicates = check_acknowledged(run.producer.acked, run.log)
-    print(f"idempotent: duplicates={duplicates}")
-    assert duplicates == 0
+    check = check_acknowledged(run.producer.acked, run.log)
+    print(f"idempotent: {check}")
+    assert check == (0, 0)
     for partition, records in run.log.items():
         sequences = [sequence for _, sequence in records]
         assert sequences == sorted(set(sequences)), f"partition {partition} is out of order"
