@@ -27,6 +27,7 @@ from kio.schema.request_header.v2.header import RequestHeader as RequestHeaderV2
 from kio.schema.response_header.v0.header import ResponseHeader as ResponseHeaderV0
 from kio.serial import entity_reader, entity_writer
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 HOST = "127.0.0.1"
 PORT_FLOOR = 10000
@@ -34,6 +35,13 @@ READY_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
 
 # --- broker processes ------------------------------------------------------------------
+
+
+def scrape(url: str) -> list[Sample]:
+    """Every sample of a Prometheus ``/metrics`` endpoint (a broker's or the operator's)."""
+    with urllib.request.urlopen(url, timeout=5.0) as response:
+        text = response.read().decode()
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 
 
 def ephemeral_port_floor() -> int:
@@ -137,15 +145,8 @@ class BrokerProcess:
 
     def metric(self, name: str) -> float:
         """The sum of a metric's samples (0 if it has none)."""
-        url = f"http://{self.http_address}/metrics"
-        with urllib.request.urlopen(url, timeout=5.0) as response:
-            text = response.read().decode()
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == name
-        )
+        samples = scrape(f"http://{self.http_address}/metrics")
+        return sum(sample.value for sample in samples if sample.name == name)
 
     @property
     def pid(self) -> int:

@@ -18,9 +18,8 @@ from typing import Any
 import confluent_kafka
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
-from prometheus_client.parser import text_string_to_metric_families
 
-from .brokers import free_port
+from .brokers import free_port, scrape
 from .clients import ConfluentDriver, Message
 from .kube.harness import Kube
 from .kube.operated import (
@@ -57,13 +56,9 @@ class Cluster:
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """The operator's samples now, by name and labels."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            text = response.read().decode()
         return {
             (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
+            for sample in scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
         }
 
 
