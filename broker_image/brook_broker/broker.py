@@ -1,9 +1,9 @@
 """One broker: metadata quorum member, controller (on voters), partition logs, Kafka
-listener, side HTTP, maintenance.
+listeners (clients', and the internal one for other brokers), side HTTP, maintenance.
 
 Start order matters: the metadata must be caught up before the logs are opened (the
-metadata says which partitions this broker holds), and the Kafka listener must be bound
-before the broker registers (the registration carries its address). Stop runs the other
+metadata says which partitions this broker holds), and both Kafka listeners must be
+bound before the broker registers (the registration carries their addresses). Stop runs the other
 way round, starting with a controlled shutdown so leaderships move before clients lose
 this broker.
 """
@@ -11,7 +11,10 @@ this broker.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
+import secrets
 from collections.abc import Callable
 
 from prometheus_client.registry import Collector
@@ -19,12 +22,15 @@ from prometheus_client.registry import Collector
 from . import metrics
 from .api.context import ApiContext, AppendNotifier
 from .api.dispatcher import Dispatcher
-from .config import BrokerConfig
+from .config import BrokerConfig, split_host_port
 from .controller.controller import Controller
 from .controller.lifecycle import BrokerLifecycle
 from .groups.coordinator import GroupCoordinator
 from .http import HttpServer
 from .metadata.quorum import MetadataQuorum
+from .protocol.client import KafkaClient
+from .protocol.quotas import UNLIMITED, ConnectionQuotas, ListenerLimits
+from .protocol.sasl import PlainAuthenticator, PlainCredentials
 from .protocol.server import KafkaServer
 from .replication import ReplicaManager
 from .storage.manager import LogManager
@@ -43,6 +49,8 @@ class Broker:
         self.ready = False
         self._http: HttpServer | None = None
         self._kafka: KafkaServer | None = None
+        self._internal: KafkaServer | None = None
+        self.internal_address: tuple[str, int] = ("", 0)
         self._logs: LogManager | None = None
         self._quorum: MetadataQuorum | None = None
         self._controller: Controller | None = None
@@ -66,15 +74,22 @@ class Broker:
         await quorum.start()
         self._logs = logs = LogManager(config.data_dir)
         appends = AppendNotifier()
-        self._replicas = replicas = ReplicaManager(config.node_id, config, logs, quorum, appends)
+        credentials = _credentials(config)
+        connect = functools.partial(KafkaClient, credentials=credentials)
+        self._replicas = replicas = ReplicaManager(
+            config.node_id, config, logs, quorum, appends, connect=connect
+        )
         # Opens (recovering) the logs of the replicas assigned here and removes the others.
         await replicas.start()
         self._groups = groups = GroupCoordinator.for_broker(config, quorum, replicas)
         groups.on_metadata_change()
         self._group_timers = asyncio.create_task(groups.run(), name="group coordinator timers")
         context = ApiContext(config, quorum, logs, appends, replicas, groups, self._controller)
+        quotas = ConnectionQuotas(_listener_limits(config))
         self._collectors = [
+            metrics.ConnectionCollector(quotas),
             metrics.PartitionCollector(logs.partitions),
+            metrics.MetadataCollector(quorum),
             metrics.GroupCollector(groups.lag_snapshot),
         ]
         if self._controller is not None:
@@ -87,14 +102,39 @@ class Broker:
             await controller.start()
         for collector in self._collectors:
             metrics.REGISTRY.register(collector)
-        self._kafka = KafkaServer(Dispatcher(context), config.socket_request_max_bytes)
+        self._kafka = KafkaServer(Dispatcher(context), quotas.limits, quotas)
         self.kafka_address = await self._kafka.start(*config.listen_address)
         context.bound(self.kafka_address)
+        # Other brokers' requests: exempt from max.connections (as Kafka's inter-broker
+        # listener is) and with a request budget of their own, so that no client flood
+        # holds up replication and heartbeats.
+        self._internal = KafkaServer(
+            Dispatcher(context, internal=True, sasl=credentials is not None),
+            dataclasses.replace(
+                quotas.limits, max_connections=UNLIMITED, max_connections_per_ip=UNLIMITED
+            ),
+            authenticator=None
+            if credentials is None
+            else PlainAuthenticator({credentials.username: credentials.password}),
+        )
+        self.internal_address = await self._internal.start(*config.internal_address)
+        if credentials is None:
+            log.warning(
+                "the internal listener takes broker-only requests from anyone who reaches it: "
+                "give every broker the same --cluster-secret-file (or --cluster-secret)",
+                extra={"internal": "{}:{}".format(*self.internal_address)},
+            )
         self._maintenance = asyncio.create_task(
             logs.run_maintenance(config.log_retention_check_interval_ms), name="log maintenance"
         )
         self._maintenance.add_done_callback(_report_crash)
-        self._lifecycle = BrokerLifecycle(config, quorum, context.advertised_address)
+        self._lifecycle = BrokerLifecycle(
+            config,
+            quorum,
+            context.advertised_address,
+            _internal_advertised(config, self.internal_address, context.advertised_address),
+            connect,
+        )
         await self._lifecycle.start()
         self.ready = True
         host, port = context.advertised_address
@@ -112,6 +152,9 @@ class Broker:
         if self._kafka is not None:
             await self._kafka.stop()
             self._kafka = None
+        if self._internal is not None:
+            await self._internal.stop()
+            self._internal = None
         if self._group_timers is not None:
             self._group_timers.cancel()
             await asyncio.gather(self._group_timers, return_exceptions=True)
@@ -166,7 +209,43 @@ def _quorum(config: BrokerConfig, on_change: Callable[[], None]) -> MetadataQuor
         directory,
         on_change,
         listen=config.controller_listen,
+        password=config.cluster_secret,
     )
+
+
+def _listener_limits(config: BrokerConfig) -> ListenerLimits:
+    return ListenerLimits(
+        socket_request_max_bytes=config.socket_request_max_bytes,
+        socket_request_timeout_ms=config.socket_request_timeout_ms,
+        connections_max_idle_ms=config.connections_max_idle_ms,
+        queued_max_request_bytes=config.queued_max_request_bytes,
+        max_connections=config.max_connections,
+        max_connections_per_ip=config.max_connections_per_ip,
+    )
+
+
+BROKER_USERNAME = "broker"
+"""The one user of the internal listener: every broker, proving it knows the cluster secret."""
+
+
+def _credentials(config: BrokerConfig) -> PlainCredentials | None:
+    """How brokers authenticate to each other's internal listener. A quorum of one has no
+    peers to share a secret with: it makes up its own, so its listener is never open."""
+    secret = config.cluster_secret
+    if secret is None and not config.voters:
+        secret = secrets.token_urlsafe(32)
+    return None if secret is None else PlainCredentials(BROKER_USERNAME, secret)
+
+
+def _internal_advertised(
+    config: BrokerConfig, bound: tuple[str, int], client_advertised: tuple[str, int]
+) -> tuple[str, int]:
+    """The internal address other brokers are given: ``--internal-advertised-listener``,
+    else the bound one, with the host clients are given in place of a wildcard."""
+    if config.internal_advertised_listener:
+        return split_host_port(config.internal_advertised_listener)
+    host, port = bound
+    return (client_advertised[0] if host in ("0.0.0.0", "::", "") else host), port
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

@@ -7,10 +7,13 @@ wins over the environment, the environment over the default.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+
+from .metadata.topics import MAX_PARTITIONS_PER_REQUEST
 
 DAY_MS = 24 * 60 * 60 * 1000
 
@@ -23,6 +26,11 @@ class BrokerConfig:
     advertised_listener: str | None = None
     http_listen: str = "127.0.0.1:9644"
     cluster_id: str = "brook"
+    # Brokers' requests to each other come only on the internal listener.
+    internal_listen: str | None = None
+    internal_advertised_listener: str | None = None
+    cluster_secret: str | None = dataclasses.field(default=None, repr=False)
+    cluster_secret_file: Path | None = None
     # Defaults for topics; each topic can override them with Kafka's topic config names.
     num_partitions: int = 1
     default_replication_factor: int = 1
@@ -56,8 +64,19 @@ class BrokerConfig:
     group_min_session_timeout_ms: int = 6000
     group_max_session_timeout_ms: int = 30 * 60 * 1000
     group_max_size: int = 2**31 - 1
+    # Limits on partitions, checked before a topic change is proposed and carried with it.
+    max_partitions_per_request: int = 1_000
+    max_partitions_per_topic: int = 5_000
+    max_broker_partitions: int = 4_000
+    max_partitions: int = 10_000
     # Protocol limits.
     socket_request_max_bytes: int = 100 * 1024 * 1024
+    socket_request_timeout_ms: int = 30_000
+    queued_max_request_bytes: int = 256 * 1024 * 1024
+    connections_max_idle_ms: int = 10 * 60 * 1000
+    max_connections: int = 10_000
+    max_connections_per_ip: int = -1
+    shutdown_timeout_ms: int = 30_000
     log_level: str = "WARNING"
 
     @property
@@ -72,6 +91,14 @@ class BrokerConfig:
     def advertised_address(self) -> tuple[str, int]:
         """What clients are told to connect to: the advertised listener, else the listener."""
         return split_host_port(self.advertised_listener or self.listen)
+
+    @property
+    def internal_address(self) -> tuple[str, int]:
+        """Where the internal listener binds: by default the client listener's host, on a
+        port of the system's choosing."""
+        if self.internal_listen:
+            return split_host_port(self.internal_listen)
+        return self.listen_address[0], 0
 
     @property
     def voters(self) -> dict[int, str]:
@@ -110,6 +137,13 @@ _HELP = {
     "advertised_listener": "HOST:PORT clients are told to use (default: --listen)",
     "http_listen": "HOST:PORT for /healthz, /readyz and /metrics",
     "cluster_id": "cluster id reported to clients",
+    "internal_listen": "HOST:PORT for other brokers' requests (heartbeats, follower fetches), "
+    "refused on --listen (default: the --listen host, a free port)",
+    "internal_advertised_listener": "HOST:PORT other brokers are told to use for the internal "
+    "listener (default: --internal-listen)",
+    "cluster_secret": "the secret the brokers of one cluster share: their password on the "
+    "internal listener (SASL PLAIN, user 'broker') and the key of Raft traffic",
+    "cluster_secret_file": "a file holding --cluster-secret (wins over it)",
     "num_partitions": "partitions of an auto-created topic or a CreateTopics without a count",
     "default_replication_factor": "replication factor when CreateTopics gives none",
     "auto_create_topics": "create a topic when a client asks for metadata of an unknown one",
@@ -149,7 +183,25 @@ _HELP = {
     "group_min_session_timeout_ms": "smallest session.timeout.ms a consumer may ask for",
     "group_max_session_timeout_ms": "largest session.timeout.ms a consumer may ask for",
     "group_max_size": "most members one group may have",
+    "max_partitions_per_request": "max.partitions.per.request: partitions one CreateTopics or "
+    "CreatePartitions request may add over all its topics (at most 10000, Kafka's own cap)",
+    "max_partitions_per_topic": "max.partitions.per.topic: partitions one topic may have",
+    "max_broker_partitions": "max.broker.partitions (KIP-578): partition replicas one broker "
+    "may hold; new replicas go only to brokers below it",
+    "max_partitions": "max.partitions (KIP-578): partitions of all topics in the cluster",
+    "shutdown_timeout_ms": "after SIGTERM or SIGINT, exit without a clean stop if the broker "
+    "has not stopped within this long (a blocked event loop cannot stop it)",
     "socket_request_max_bytes": "largest request frame accepted; larger ones close the connection",
+    "socket_request_timeout_ms": "a request must arrive whole within this long of its first "
+    "byte, else the connection is closed (-1: no limit)",
+    "queued_max_request_bytes": "queued.max.request.bytes: bytes of requests received and not "
+    "yet answered, over all connections; when used up, connections stop being read (-1: no limit)",
+    "connections_max_idle_ms": "connections.max.idle.ms: close a connection idle this long "
+    "(-1: never)",
+    "max_connections": "max.connections: connections open at once; more are closed at once "
+    "(-1: no limit)",
+    "max_connections_per_ip": "max.connections.per.ip: connections open at once from one client "
+    "address; more are closed at once (-1: no limit)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 
@@ -204,7 +256,12 @@ def load_config(
             split_host_port(getattr(config, name))
         except ValueError as error:
             parser.error(f"--{name.replace('_', '-')}: {error}")
-    for name in ("advertised_listener", "controller_listen"):
+    for name in (
+        "advertised_listener",
+        "controller_listen",
+        "internal_listen",
+        "internal_advertised_listener",
+    ):
         if getattr(config, name):
             try:
                 split_host_port(getattr(config, name))
@@ -221,4 +278,34 @@ def load_config(
         )
     if config.replica_lag_time_max_ms < 1:
         parser.error("--replica-lag-time-max-ms must be at least 1")
+    for name in (
+        "max_partitions_per_request",
+        "max_partitions_per_topic",
+        "max_broker_partitions",
+        "max_partitions",
+        "shutdown_timeout_ms",
+    ):
+        if getattr(config, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if config.max_partitions_per_request > MAX_PARTITIONS_PER_REQUEST:
+        parser.error(f"--max-partitions-per-request must be at most {MAX_PARTITIONS_PER_REQUEST}")
+    for name in (
+        "socket_request_timeout_ms",
+        "queued_max_request_bytes",
+        "connections_max_idle_ms",
+        "max_connections",
+        "max_connections_per_ip",
+    ):
+        if getattr(config, name) < 1 and getattr(config, name) != -1:
+            parser.error(f"--{name.replace('_', '-')} must be -1 (no limit) or at least 1")
+    if config.cluster_secret_file is not None:
+        try:
+            secret = config.cluster_secret_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            parser.error(f"--cluster-secret-file: {error}")
+        if not secret:
+            parser.error(f"--cluster-secret-file: {config.cluster_secret_file} is empty")
+        config = replace(config, cluster_secret=secret)
+    if config.cluster_secret == "":
+        parser.error("--cluster-secret must not be empty")
     return config

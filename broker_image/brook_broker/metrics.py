@@ -6,11 +6,11 @@ read from the logs at scrape time, so they cost nothing between scrapes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -20,6 +20,12 @@ REQUEST_ERRORS = Counter(
     "brook_request_errors",
     "Partition- or topic-level errors answered, by API and Kafka error name",
     ["api", "error"],
+    registry=REGISTRY,
+)
+MALFORMED_REQUESTS = Counter(
+    "brook_malformed_requests",
+    "Request frames refused as malformed (connection closed), by API",
+    ["api"],
     registry=REGISTRY,
 )
 REQUEST_LATENCY = Histogram(
@@ -165,6 +171,39 @@ class ControllerCollector(Collector):
         return iter(())
 
 
+class MetadataState(Protocol):
+    @property
+    def applied_offset(self) -> int: ...
+
+    @property
+    def state_digest(self) -> int: ...
+
+
+class MetadataCollector(Collector):
+    """The last metadata (Raft) entry this broker applied and a digest of the state it
+    holds: brokers that show the same index must show the same digest."""
+
+    def __init__(self, metadata: MetadataState) -> None:
+        self._metadata = metadata
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        metadata = self._metadata
+        yield GaugeMetricFamily(
+            "brook_metadata_applied_index",
+            "Index of the last metadata log entry applied by this broker",
+            value=metadata.applied_offset,
+        )
+        yield GaugeMetricFamily(
+            "brook_metadata_state_digest",
+            "52-bit digest of the metadata state this broker holds (equal on every broker "
+            "at the same applied index)",
+            value=metadata.state_digest,
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
 class ReplicationCollector(Collector):
     """Partitions led here whose ISR is smaller than their replica set (under-replicated)
     or than their min.insync.replicas (acks=all is refused), computed at scrape time
@@ -187,6 +226,55 @@ class ReplicationCollector(Collector):
             "brook_under_min_isr_partitions",
             "Partitions led by this broker with fewer in-sync replicas than min.insync.replicas",
             value=under_min_isr,
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+class ConnectionCounts(Protocol):
+    open_connections: int
+    refused: Mapping[str, int]
+    """Connections closed at once, by the limit (Kafka's setting name) they were over."""
+    closed: Mapping[str, int]
+    """Connections the broker closed, by the setting that made it close them."""
+
+    @property
+    def queued_request_bytes(self) -> int: ...
+
+
+class ConnectionCollector(Collector):
+    """Kafka protocol connections: open, refused and closed by the limit that applied, and
+    the bytes of requests received and not yet answered (``queued.max.request.bytes``)."""
+
+    def __init__(self, counts: ConnectionCounts) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        counts = self._counts
+        yield GaugeMetricFamily(
+            "brook_connections", "Open Kafka protocol connections", value=counts.open_connections
+        )
+        refused = CounterMetricFamily(
+            "brook_connections_refused",
+            "Connections closed as soon as accepted, by the limit they were over",
+            labels=["limit"],
+        )
+        for limit, count in counts.refused.items():
+            refused.add_metric([limit], count)
+        yield refused
+        closed = CounterMetricFamily(
+            "brook_connections_closed",
+            "Connections the broker closed, by the setting that made it close them",
+            labels=["reason"],
+        )
+        for reason, count in counts.closed.items():
+            closed.add_metric([reason], count)
+        yield closed
+        yield GaugeMetricFamily(
+            "brook_queued_request_bytes",
+            "Bytes of requests received and not yet answered (queued.max.request.bytes)",
+            value=counts.queued_request_bytes,
         )
 
     def describe(self) -> Iterator[GaugeMetricFamily]:

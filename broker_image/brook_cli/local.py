@@ -15,6 +15,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -34,6 +35,13 @@ HTTP_PORT_OFFSET = 1000
 
 CONTROLLER_PORT_OFFSET = 2000
 """A broker's Raft (metadata quorum) port is its Kafka port plus this offset (9092 -> 11092)."""
+
+INTERNAL_PORT_OFFSET = 3000
+"""A broker's internal (broker-to-broker) port is its Kafka port plus this offset
+(9092 -> 12092)."""
+
+CLUSTER_SECRET_FILE = "cluster.secret"
+"""In the data root: the secret the brokers of one local cluster prove themselves with."""
 
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 _PR_SET_PDEATHSIG = 1
@@ -58,6 +66,11 @@ class BrokerSpec:
     """The broker's Raft port, as a voter of ``controller_quorum``."""
     controller_quorum: str | None = None
     """``--controller-quorum`` (ID@HOST:PORT,...); None: the broker is a quorum of one."""
+    internal_port: int | None = None
+    """The broker's internal listener, where brokers send each other broker-only requests."""
+    cluster_secret_file: Path | None = None
+    """Given as ``--cluster-secret-file`` (a flag value would show in ``ps``); made on
+    the first start (``ensure_cluster_secret``)."""
 
     @property
     def kafka_address(self) -> str:
@@ -74,7 +87,23 @@ class BrokerSpec:
             return None
         return format_address(reachable_host(self.host), self.controller_port)
 
+    @property
+    def internal_address(self) -> str | None:
+        if self.internal_port is None:
+            return None
+        return format_address(reachable_host(self.host), self.internal_port)
+
     def command(self) -> list[str]:
+        internal = []
+        if self.internal_port is not None:
+            internal = [
+                "--internal-listen",
+                format_address(self.host, self.internal_port),
+                "--internal-advertised-listener",
+                str(self.internal_address),
+            ]
+        if self.cluster_secret_file is not None:
+            internal += ["--cluster-secret-file", str(self.cluster_secret_file)]
         quorum = []
         if self.controller_quorum is not None:
             quorum = ["--controller-quorum", self.controller_quorum]
@@ -95,6 +124,7 @@ class BrokerSpec:
             "--http-listen",
             format_address(self.host, self.http_port),
             *quorum,
+            *internal,
             *self.broker_args,
         ]
 
@@ -102,17 +132,19 @@ class BrokerSpec:
 def plan_cluster(
     *, brokers: int, data_dir: Path, host: str, port: int, broker_args: Sequence[str] = ()
 ) -> list[BrokerSpec]:
-    """Broker ``i`` listens on ``port + i``, serves HTTP on ``port + i + 1000`` and speaks
-    Raft on ``port + i + 2000``; every broker is a voter of the metadata quorum. Its data
-    lives in ``data_dir/broker-<i>``. Raises ValueError for a cluster that cannot be run."""
+    """Broker ``i`` listens on ``port + i``, serves HTTP on ``port + i + 1000``, speaks
+    Raft on ``port + i + 2000`` and takes other brokers' requests on ``port + i + 3000``;
+    every broker is a voter of the metadata quorum. Its data lives in
+    ``data_dir/broker-<i>``; the cluster's secret in ``data_dir/cluster.secret``.
+    Raises ValueError for a cluster that cannot be run."""
     if brokers < 1:
         raise ValueError(f"--brokers {brokers}: a cluster needs at least one broker")
-    highest = port + brokers - 1 + CONTROLLER_PORT_OFFSET
+    highest = port + brokers - 1 + INTERNAL_PORT_OFFSET
     if port < 1 or highest > 65535:
         raise ValueError(
             f"--port {port}: ports {port}..{port + brokers - 1} and their HTTP "
-            f"(+{HTTP_PORT_OFFSET}) and Raft (+{CONTROLLER_PORT_OFFSET}) ports must lie "
-            "within 1..65535"
+            f"(+{HTTP_PORT_OFFSET}), Raft (+{CONTROLLER_PORT_OFFSET}) and internal "
+            f"(+{INTERNAL_PORT_OFFSET}) ports must lie within 1..65535"
         )
     quorum = ",".join(
         f"{index}@{format_address(reachable_host(host), port + index + CONTROLLER_PORT_OFFSET)}"
@@ -128,19 +160,22 @@ def plan_cluster(
             broker_args=tuple(broker_args),
             controller_port=port + index + CONTROLLER_PORT_OFFSET,
             controller_quorum=quorum,
+            internal_port=port + index + INTERNAL_PORT_OFFSET,
+            cluster_secret_file=data_dir / CLUSTER_SECRET_FILE,
         )
         for index in range(brokers)
     ]
 
 
 def addresses_in_use(specs: Sequence[BrokerSpec]) -> list[str]:
-    """The Kafka, HTTP and Raft addresses of ``specs`` that something already listens on.
+    """The Kafka, HTTP, Raft and internal addresses of ``specs`` that something already
+    listens on.
 
     Checked before starting, so that a port held by another process is reported as such
     (and its ``/readyz`` is never mistaken for our broker's)."""
     busy = []
     for spec in specs:
-        for port in (spec.kafka_port, spec.http_port, spec.controller_port):
+        for port in (spec.kafka_port, spec.http_port, spec.controller_port, spec.internal_port):
             if port is None:
                 continue
             try:
@@ -166,6 +201,25 @@ class BrokerFailed(Exception):
     """A broker exited, or did not become ready in time; the message says which and why."""
 
 
+def ensure_cluster_secret(path: Path) -> None:
+    """Make the cluster secret file (random, readable by its owner only) unless it exists:
+    the same data root keeps its secret across runs, so a broker restarted alone still
+    matches the others. Linked into place whole, so a broker never reads half of it."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(secrets.token_urlsafe(32))
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass  # made meanwhile by another start: that one is the secret
+    finally:
+        temporary.unlink()
+
+
 def _die_with_parent() -> None:
     """In the child before exec: ask Linux for SIGTERM when the parent dies."""
     libc_name = ctypes.util.find_library("c")
@@ -181,6 +235,8 @@ class BrokerProcess:
 
     def start(self) -> None:
         self.spec.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.spec.cluster_secret_file is not None:
+            ensure_cluster_secret(self.spec.cluster_secret_file)
         self.process = subprocess.Popen(
             self.spec.command(),
             stdin=subprocess.DEVNULL,
@@ -271,16 +327,18 @@ def cluster_file(data_dir: Path) -> Path:
 
 
 def write_cluster_file(data_dir: Path, brokers: Sequence[BrokerProcess]) -> None:
-    """Record who runs where, for scripts and for people looking at a running cluster."""
+    """Record who runs where, for scripts and for people looking at a running cluster;
+    a broker that is down has no pid. Replaced atomically, so a reader never sees half."""
     description = {
         "bootstrap": bootstrap_servers([broker.spec for broker in brokers]),
         "brokers": [
             {
                 "node_id": broker.spec.node_id,
-                "pid": broker.pid,
+                "pid": broker.pid if broker.is_running() else None,
                 "kafka": broker.spec.kafka_address,
                 "http": broker.spec.http_address,
                 "controller": broker.spec.controller_address,
+                "internal": broker.spec.internal_address,
                 "data_dir": str(broker.spec.data_dir),
             }
             for broker in brokers

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from importlib import metadata
@@ -29,29 +30,46 @@ from .groups import (
 from .local import (
     CONTROLLER_PORT_OFFSET,
     HTTP_PORT_OFFSET,
+    INTERNAL_PORT_OFFSET,
     BrokerFailed,
     BrokerProcess,
     BrokerSpec,
     addresses_in_use,
     bootstrap_servers,
     cluster_file,
-    describe_exit,
     plan_cluster,
     running_broker_pids,
     stop_all,
     write_cluster_file,
+)
+from .supervisor import RestartPolicy, Supervisor
+
+_RESTARTS = RestartPolicy()
+_RESTART_HELP = textwrap.fill(
+    "A broker that dies is reported on stderr and started again after a back-off of "
+    f"{_RESTARTS.first_delay:g} s, which doubles up to {_RESTARTS.max_delay:g} s while the "
+    f"broker dies again within {_RESTARTS.stable_after:g} s of each start; after "
+    f"{_RESTARTS.give_up_after} such deaths in a row it is given up (with --no-restart, at "
+    "once). The others keep serving; cluster.json shows the new pid (null while a broker "
+    "is down). A broker that fails its first start fails the command.",
+    width=88,
 )
 
 UP_DESCRIPTION = f"""\
 Run a local cluster in the foreground until Ctrl-C or SIGTERM. Broker i listens for
 Kafka clients on PORT+i, serves /healthz, /readyz and /metrics on PORT+i+{HTTP_PORT_OFFSET} and
 speaks Raft (the metadata quorum, of which every broker is a voter) on
-PORT+i+{CONTROLLER_PORT_OFFSET}; its data lives in DATA_DIR/broker-<i>. Once every broker is
+PORT+i+{CONTROLLER_PORT_OFFSET}; the other brokers' requests go to its internal listener on
+PORT+i+{INTERNAL_PORT_OFFSET}. Its data lives in DATA_DIR/broker-<i>. The brokers prove
+themselves to each other with a secret made on the first run in DATA_DIR/cluster.secret
+(readable by its owner only) and kept for later runs. Once every broker is
 ready, one line goes to stdout: "bootstrap: HOST:PORT[,HOST:PORT...]", and
 DATA_DIR/cluster.json lists each broker's node id, pid and addresses (removed again on a
 clean stop). Broker log lines go to stderr; set BROOK_LOG_LEVEL=INFO for lifecycle
 lines. Arguments after "--" are passed to every broker, e.g.
 "brook local up -- --log-retention-ms 60000".
+
+{_RESTART_HELP}
 """
 
 GROUPS_DESCRIBE_DESCRIPTION = """\
@@ -135,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=20.0,
         help="seconds brokers get to stop after SIGTERM before SIGKILL (20)",
+    )
+    up.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="leave a broker that dies stopped (the others keep serving)",
     )
     _add_groups_parser(commands)
     return parser
@@ -247,11 +270,16 @@ def local_up(options: argparse.Namespace, specs: Sequence[BrokerSpec]) -> int:
         if all(broker.wait_ready(options.ready_timeout, interrupted=stop) for broker in brokers):
             write_cluster_file(data_dir, brokers)
             print(f"bootstrap: {bootstrap_servers(specs)}", flush=True)
+        supervisor = Supervisor(
+            brokers,
+            None if options.no_restart else _RESTARTS,
+            say=_say,
+            changed=lambda: write_cluster_file(data_dir, brokers),
+        )
         while not stop():
-            for broker in brokers:
-                code = broker.exit_code()
-                if code is not None:
-                    raise BrokerFailed(f"broker {broker.spec.node_id} {describe_exit(code)}")
+            supervisor.check()
+            if not supervisor.serving:
+                raise BrokerFailed("no broker is left running")
             time.sleep(0.2)
     except BrokerFailed as failure:
         _say(f"{failure}; stopping the cluster")

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,8 +38,10 @@ from .broker_resources import (
     VERSION,
     BrokerSpec,
     InvalidSpec,
+    adopt_cluster_secret,
     bootstrap,
     broker_env,
+    cluster_secret,
     immutable_changes,
     manifests,
     needs_update,
@@ -573,6 +576,15 @@ async def _apply(
             f"{name} read nodes (BROOK_OPERATOR_RACK_CLUSTER_ROLE); the broker pods cannot "
             "learn their zone unless it is granted by hand",
         )
+    secret = cluster_secret(name, namespace, secrets.token_urlsafe(32))
+    kopf.append_owner_reference(secret, owner=body)
+    try:  # before the StatefulSet: its pods mount it
+        outcome = await asyncio.to_thread(_apply_cluster_secret, secret)
+    except ApiException as error:
+        metrics.RECONCILIATIONS.labels(KIND, "failed").inc()
+        raise _api_failure(body, state, f"Secret {secret['metadata']['name']}", error) from None
+    changed |= outcome.action != "unchanged"
+    _report(body, state, secret, outcome)
     for manifest in manifests(name, namespace, parsed, env, rack_role):
         if "namespace" in manifest["metadata"]:
             kopf.append_owner_reference(manifest, owner=body)
@@ -617,7 +629,7 @@ def _delete_rack_binding(name: str, namespace: str) -> bool:
 @dataclass(frozen=True)
 class _Outcome:
     action: str
-    """created, updated or unchanged."""
+    """created, updated, adopted (the cluster secret) or unchanged."""
     live: Mapping[str, Any] | None = None
     """The object as it was before an update."""
     kept: tuple[str, ...] = ()
@@ -648,6 +660,31 @@ def _apply_object(manifest: dict[str, Any]) -> _Outcome:
     return _Outcome("updated", live, kept)
 
 
+def _apply_cluster_secret(desired: dict[str, Any]) -> _Outcome:
+    """Create the cluster secret with ``desired``'s fresh value, or adopt the one that
+    exists (its value kept: see ``adopt_cluster_secret``)."""
+    api = client.CoreV1Api()
+    name, namespace = desired["metadata"]["name"], desired["metadata"]["namespace"]
+    try:
+        found = api.read_namespaced_secret(name, namespace)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        try:
+            api.create_namespaced_secret(namespace, desired)
+            return _Outcome("created")
+        except ApiException as conflict:
+            if conflict.status != 409:  # made meanwhile by someone else: adopt it
+                raise
+            found = api.read_namespaced_secret(name, namespace)
+    live = api.api_client.sanitize_for_serialization(found)
+    patch = adopt_cluster_secret(live, desired)
+    if patch is None:
+        return _Outcome("unchanged", live)
+    api.patch_namespaced_secret(name, namespace, patch, _content_type=_MERGE_PATCH)
+    return _Outcome("adopted", live)
+
+
 def _report(body: kopf.Body, state: _State, manifest: Mapping[str, Any], outcome: _Outcome) -> None:
     """An event per change: created, updated, scaled; a warning for what cannot change."""
     subject = f"{manifest['kind']} {manifest['metadata']['name']}"
@@ -661,6 +698,8 @@ def _report(body: kopf.Body, state: _State, manifest: Mapping[str, Any], outcome
         )
     if outcome.action == "created":
         kopf.info(body, reason="Created", message=f"{subject} created")
+    elif outcome.action == "adopted":
+        kopf.info(body, reason="Adopted", message=f"{subject} adopted; a value it held is kept")
     elif outcome.action == "updated":
         before = (outcome.live or {}).get("spec", {}).get("replicas")
         after = manifest.get("spec", {}).get("replicas")

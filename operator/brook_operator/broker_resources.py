@@ -7,10 +7,16 @@ settings arrive as ``BROOK_*`` variables from the ConfigMap. A change of those s
 changes the pod template's ``brook.dev/config-hash`` annotation: a broker reads its
 settings once, at start. The StatefulSet's pods are replaced ``OnDelete``: the operator
 restarts them itself, one at a time, when every partition can spare the broker.
+
+Brokers talk to each other (heartbeats, follower fetches, Raft) on an internal listener
+that only peers holding the cluster secret may use; the secret is a Secret of the Broker,
+mounted read-only into every pod. Its value is random, so it is made once and never
+rewritten (``adopt_cluster_secret``): brokers already running hold it.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 from collections.abc import Mapping
@@ -32,6 +38,12 @@ VERSION = "v1alpha1"
 KAFKA_PORT = 9092
 CONTROLLER_PORT = 9093
 HTTP_PORT = 9644
+INTERNAL_PORT = 9094
+"""Broker-to-broker requests; refused on the client port (9092)."""
+CLUSTER_SECRET_KEY = "cluster-secret"
+CLUSTER_SECRET_DIR = "/etc/brook/cluster-secret"
+CLUSTER_SECRET_MODE = 0o440
+"""Readable by the broker's group (the pod's fsGroup), by no one else."""
 DATA_DIR = "/var/lib/brook"
 MAX_VOTERS = 3
 """Voters of the metadata quorum: three survive one loss; more only slow the quorum down."""
@@ -239,6 +251,10 @@ def config_map_name(name: str) -> str:
     return f"{name}-config"
 
 
+def cluster_secret_name(name: str) -> str:
+    return f"{name}-cluster-secret"
+
+
 def bootstrap(name: str, namespace: str) -> str:
     """The client Service's address: what clients (and the operator) connect to."""
     return f"{name}.{namespace}.svc.cluster.local:{KAFKA_PORT}"
@@ -341,6 +357,7 @@ def headless_service(name: str, namespace: str) -> dict[str, Any]:
             "ports": [
                 _service_port("kafka", KAFKA_PORT),
                 _service_port("controller", CONTROLLER_PORT),
+                _service_port("internal", INTERNAL_PORT),
                 _service_port("http", HTTP_PORT),
             ],
         },
@@ -382,6 +399,7 @@ def container_env(name: str, namespace: str, spec: BrokerSpec) -> list[dict[str,
     def field_ref(variable: str, path: str) -> dict[str, Any]:
         return {"name": variable, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
+    own_host = f"$(POD_NAME).{headless_service_name(name)}.$(POD_NAMESPACE).svc.cluster.local"
     env = [
         field_ref("POD_NAME", "metadata.name"),
         field_ref("POD_NAMESPACE", "metadata.namespace"),
@@ -389,10 +407,12 @@ def container_env(name: str, namespace: str, spec: BrokerSpec) -> list[dict[str,
         {"name": "BROOK_LISTEN", "value": f"$(POD_IP):{KAFKA_PORT}"},
         {"name": "BROOK_HTTP_LISTEN", "value": f"$(POD_IP):{HTTP_PORT}"},
         {"name": "BROOK_CONTROLLER_LISTEN", "value": f"$(POD_IP):{CONTROLLER_PORT}"},
+        {"name": "BROOK_INTERNAL_LISTEN", "value": f"$(POD_IP):{INTERNAL_PORT}"},
+        {"name": "BROOK_ADVERTISED_LISTENER", "value": f"{own_host}:{KAFKA_PORT}"},
+        {"name": "BROOK_INTERNAL_ADVERTISED_LISTENER", "value": f"{own_host}:{INTERNAL_PORT}"},
         {
-            "name": "BROOK_ADVERTISED_LISTENER",
-            "value": f"$(POD_NAME).{headless_service_name(name)}.$(POD_NAMESPACE)"
-            f".svc.cluster.local:{KAFKA_PORT}",
+            "name": "BROOK_CLUSTER_SECRET_FILE",
+            "value": f"{CLUSTER_SECRET_DIR}/{CLUSTER_SECRET_KEY}",
         },
         {"name": "BROOK_DATA_DIR", "value": DATA_DIR},
         {
@@ -426,6 +446,7 @@ def stateful_set(
         "ports": [
             {"name": "kafka", "containerPort": KAFKA_PORT, "protocol": "TCP"},
             {"name": "controller", "containerPort": CONTROLLER_PORT, "protocol": "TCP"},
+            {"name": "internal", "containerPort": INTERNAL_PORT, "protocol": "TCP"},
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
         ],
         "readinessProbe": {
@@ -439,7 +460,10 @@ def stateful_set(
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
-        "volumeMounts": [{"name": "data", "mountPath": DATA_DIR}],
+        "volumeMounts": [
+            {"name": "data", "mountPath": DATA_DIR},
+            {"name": "cluster-secret", "mountPath": CLUSTER_SECRET_DIR, "readOnly": True},
+        ],
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -482,6 +506,15 @@ def stateful_set(
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [container],
+                    "volumes": [
+                        {
+                            "name": "cluster-secret",
+                            "secret": {
+                                "secretName": cluster_secret_name(name),
+                                "defaultMode": CLUSTER_SECRET_MODE,
+                            },
+                        }
+                    ],
                     "topologySpreadConstraints": spread,
                     "affinity": {
                         "podAntiAffinity": {
@@ -516,6 +549,43 @@ def _spread(topology_key: str, selector: Mapping[str, str]) -> dict[str, Any]:
         "whenUnsatisfiable": "ScheduleAnyway",
         "labelSelector": {"matchLabels": dict(selector)},
     }
+
+
+def cluster_secret(name: str, namespace: str, value: str) -> dict[str, Any]:
+    """The secret the Broker's brokers prove themselves to each other with. Not among
+    :func:`manifests`: it is created once (with ``value``), not kept equal to a spec."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(cluster_secret_name(name), namespace, name),
+        "type": "Opaque",
+        "data": {CLUSTER_SECRET_KEY: base64.b64encode(value.encode()).decode()},
+    }
+
+
+def adopt_cluster_secret(
+    live: Mapping[str, Any], desired: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """The merge patch that makes an existing cluster secret the Broker's: its owner
+    reference and labels added, its value filled in only if it has none. A value it holds
+    is never replaced: running brokers know it, and brokers given another could no longer
+    reach them. None when there is nothing to add."""
+    patch: dict[str, Any] = {}
+    meta, wanted = live.get("metadata") or {}, desired["metadata"]
+    owners = list(meta.get("ownerReferences") or [])
+    known = {owner.get("uid") for owner in owners}
+    new = [ref for ref in wanted.get("ownerReferences") or [] if ref.get("uid") not in known]
+    if new:
+        if any(owner.get("controller") for owner in owners):
+            new = [{**ref, "controller": False} for ref in new]
+        patch.setdefault("metadata", {})["ownerReferences"] = owners + new
+    labels_now = meta.get("labels") or {}
+    missing_labels = {k: v for k, v in wanted["labels"].items() if labels_now.get(k) != v}
+    if missing_labels:
+        patch.setdefault("metadata", {})["labels"] = missing_labels
+    if not (live.get("data") or {}).get(CLUSTER_SECRET_KEY):
+        patch["data"] = {CLUSTER_SECRET_KEY: desired["data"][CLUSTER_SECRET_KEY]}
+    return patch or None
 
 
 # --- updating existing objects -----------------------------------------------------------

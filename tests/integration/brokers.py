@@ -72,15 +72,10 @@ def free_port(offsets: Sequence[int] = (0,)) -> int:
 
 
 def free_cluster_port(brokers: int) -> int:
-    """A ``--port`` for ``brook local up --brokers N`` whose Kafka, HTTP and Raft ports
-    (``local.plan_cluster``'s layout) are all free."""
-    return free_port(
-        [
-            index + offset
-            for index in range(brokers)
-            for offset in (0, local.HTTP_PORT_OFFSET, local.CONTROLLER_PORT_OFFSET)
-        ]
-    )
+    """A ``--port`` for ``brook local up --brokers N`` whose Kafka, HTTP, Raft and
+    internal ports (``local.plan_cluster``'s layout) are all free."""
+    offsets = (0, local.HTTP_PORT_OFFSET, local.CONTROLLER_PORT_OFFSET, local.INTERNAL_PORT_OFFSET)
+    return free_port([index + offset for index in range(brokers) for offset in offsets])
 
 
 @dataclass(frozen=True)
@@ -102,9 +97,13 @@ class BrokerProcess:
     extra_args: Sequence[str] = ()
     port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
+    internal_port: int = field(default_factory=free_port)
     node_id: int = 0
     host: str = HOST
     namespace: str | None = None
+    cluster_secret_file: Path | None = None
+    """The secret shared by the brokers of a cluster (None: a lone broker, which makes
+    up its own)."""
     process: local.BrokerProcess | None = None
     starts: int = 0
     paused: bool = False
@@ -117,6 +116,8 @@ class BrokerProcess:
             "host": self.host,
             "kafka_port": self.port,
             "http_port": self.http_port,
+            "internal_port": self.internal_port,
+            "cluster_secret_file": self.cluster_secret_file,
             "broker_args": tuple(self.extra_args),
         }
         if self.namespace is None:
@@ -138,6 +139,11 @@ class BrokerProcess:
     @property
     def address(self) -> tuple[str, int]:
         return self.host, self.port
+
+    @property
+    def internal_address(self) -> tuple[str, int]:
+        """The internal listener: only brokers (with the cluster secret) may use it."""
+        return self.host, self.internal_port
 
     @property
     def http_address(self) -> str:

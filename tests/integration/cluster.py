@@ -1,7 +1,8 @@
 """A cluster of brokers as processes, and the clients cluster tests drive against it.
 
 Every broker is a voter of the metadata quorum (``--controller-quorum`` names them all),
-listens on its own free ports and keeps its own data directory; brokers can be killed,
+listens on its own free ports (Kafka, internal, HTTP, Raft), shares the cluster secret
+in ``cluster.secret`` and keeps its own data directory; brokers can be killed,
 stopped, paused (SIGSTOP) and restarted one at a time. What the cluster says about itself
 is read with Metadata requests to one chosen broker, so a test knows whose view it sees.
 
@@ -23,6 +24,7 @@ from typing import Any, NamedTuple
 
 import confluent_kafka
 from brook_broker.storage.batch import BatchHeader, iter_headers
+from brook_cli import local
 from kio.schema.metadata.v12.request import MetadataRequest, MetadataRequestTopic
 
 from .brokers import BrokerProcess, KafkaConnection, free_port, stop_brokers, wait_until
@@ -130,9 +132,15 @@ class Cluster:
                 node_id=node,
                 host=hosts[node],
                 namespace=namespaces[node],
+                cluster_secret_file=self.secret_file,
             )
             for node in range(self.size)
         ]
+
+    @property
+    def secret_file(self) -> Path:
+        """Made with the first start (``brook_cli.local.ensure_cluster_secret``)."""
+        return self.directory / local.CLUSTER_SECRET_FILE
 
     def __getitem__(self, node_id: int) -> BrokerProcess:
         return self.brokers[node_id]

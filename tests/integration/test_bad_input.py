@@ -484,3 +484,45 @@ def test_valid_produce_to_another_topic_is_appended(guarded: Guarded) -> None:
     response = decode_response(PRODUCE_KEY, 9, answers[0], 5)
     assert response.responses[0].partition_responses[0].error_code == ErrorCode.none
     guarded.check()
+
+
+MAX_VARINT = bytes.fromhex("ffffffff0f")
+
+
+def flexible_frame(api_key: int, version: int, body: bytes) -> bytes:
+    """A flexible request header (null client id, no tagged fields), then ``body``."""
+    return struct.pack(">hhih", api_key, version, 31, -1) + b"\x00" + body
+
+
+# Counts no frame can hold: kio reserved memory from them before reading (32 GiB for the
+# largest varint, which aborted the process). Nulls in fields Kafka never allows null:
+# kio handed them to the handlers as None.
+REFUSED_FRAMES = {
+    "Metadata v12, topics count max varint": flexible_frame(3, 12, MAX_VARINT + b"\x01\x00\x00"),
+    "CreateTopics v5, topics count max varint": flexible_frame(19, 5, MAX_VARINT + b"\x00\x00"),
+    "Produce v9, topic_data count max varint": flexible_frame(
+        0, 9, b"\x00\x00\x01\x00\x00\x03\xe8" + MAX_VARINT
+    ),
+    "Metadata v4, topics count 2^31-1": struct.pack(">hhihi", 3, 4, 31, -1, 2**31 - 1) + b"\x01",
+    "Produce v9, null topic_data": flexible_frame(0, 9, b"\x00\x00\x01\x00\x00\x03\xe8\x00\x00"),
+    "ListOffsets v5, null topics": struct.pack(">hhihibi", 2, 5, 31, -1, -1, 0, -1),
+    "OffsetCommit v8, null topics": flexible_frame(
+        8, 8, b"\x02g\xff\xff\xff\xff\x02m\x00" + b"\x00\x00"
+    ),
+    "JoinGroup v5, null protocols": struct.pack(">hhih", 11, 5, 31, -1)
+    + b"\x00\x01g\x00\x00\x27\x10\x00\x00\x27\x10\x00\x00\xff\xff\x00\x08consumer\xff\xff\xff\xff",
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", REFUSED_FRAMES)
+def test_impossible_counts_and_forbidden_nulls_close_the_connection(
+    guarded: Guarded, name: str
+) -> None:
+    """Refused before decoding, as Kafka refuses a request it cannot parse: the
+    connection is closed, the refusal counted, and nothing is logged as an error."""
+    refused_before = guarded.broker.metric("brook_malformed_requests_total")
+    assert exchange(guarded.broker, REFUSED_FRAMES[name]) is CLOSED
+    guarded.check()
+    assert guarded.broker.metric("brook_malformed_requests_total") == refused_before + 1
+    assert "Traceback" not in guarded.broker.log_path.read_text(errors="replace")

@@ -244,6 +244,7 @@ def test_rolling_restart_keeps_min_isr_and_every_acked_write(cluster: Cluster) -
     uids = {name: p["metadata"]["uid"] for name, p in pods(kube).items()}
     assert len(uids) == 3
     controller = kube.get(BROKERS, BROKER)["status"]["controller"]
+    secret = kube.get("v1/secrets", f"{BROKER}-cluster-secret")["data"]
     earlier_events = len(events(kube, "Broker", BROKER))
     producer = SequenceProducer(BOOTSTRAP, "rolling", range(PARTITIONS))
     sampler = Sampler(admin, kube, "rolling")
@@ -276,6 +277,12 @@ def test_rolling_restart_keeps_min_isr_and_every_acked_write(cluster: Cluster) -
     check_every_ack_is_kept(producer, "rolling")
     now = {name: p["metadata"]["uid"] for name, p in pods(kube).items()}
     assert set(now) == set(uids) and all(now[n] != uids[n] for n in uids), (uids, now)
+    # The cluster secret the operator made is the one all brokers started with since:
+    # scaling and rolling never make a new one (restarted brokers could not join).
+    assert kube.get("v1/secrets", f"{BROKER}-cluster-secret")["data"] == secret
+    assert "Secret scaled-cluster-secret created" in [
+        e["message"] for e in events(kube, "Broker", BROKER)
+    ]
     restarts = [
         e["message"]
         for e in events(kube, "Broker", BROKER)[earlier_events:]

@@ -408,12 +408,14 @@ def test_rbac_grants_nothing_beyond_its_work(rendered: dict[str, list[dict]], va
     for kind in ("brokers", "topics", "consumergroups"):
         assert ("brook.dev", kind, "create") not in granted
         assert ("brook.dev", kind, "delete") not in granted
-    assert {resource for _, resource, _ in granted} & {"secrets", "nodes", "*"} == set()
+    assert {resource for _, resource, _ in granted} & {"nodes", "*"} == set()
     assert {verb for _, _, verb in granted} & {"*", "escalate", "bind", "impersonate"} == set()
-    # Broker pods are deleted one at a time for rolling restarts; volume claims only read.
+    # Broker pods are deleted one at a time for rolling restarts; volume claims only read;
+    # a Broker's cluster secret is read by name, never listed, and never deleted.
     for resource, allowed in (
         ("pods", {"get", "list", "watch", "delete"}),
         ("persistentvolumeclaims", {"get", "list", "watch"}),
+        ("secrets", {"get", "create", "patch"}),
     ):
         verbs = {verb for group, r, verb in granted if (group, r) == ("", resource)}
         assert verbs == allowed
@@ -421,5 +423,6 @@ def test_rbac_grants_nothing_beyond_its_work(rendered: dict[str, list[dict]], va
 
 @pytest.mark.parametrize("version", [OLDEST_KUBERNETES, NEWEST_KUBERNETES])
 def test_objects_the_operator_makes_for_the_example_are_valid(version: str) -> None:
-    for manifest in broker_objects():
+    secret = broker_resources.cluster_secret("example", "default", "value")
+    for manifest in [*broker_objects(), secret]:
         kubernetes_validate.validate(manifest, version, strict=True)

@@ -3,6 +3,7 @@ and brokers run by the pod runner from a StatefulSet, reachable by their Service
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import urllib.request
@@ -384,3 +385,88 @@ def test_pod_runner_restarts_an_exiting_container_and_scales_a_deployment(kube: 
     kube.wait_for(
         lambda: len(kube.list("v1/pods", NS, "app=worker")) == 1, 30, "a scale-down to 1 pod"
     )
+
+
+def test_a_pod_waits_for_its_secret_then_reads_it_from_a_read_only_volume(kube: Kube) -> None:
+    """As a kubelet does: the container starts once the Secret exists; its keys are files
+    (``items`` renames them, ``defaultMode`` sets their mode) on a read-only mount, and
+    ``secretKeyRef`` gives a key's value as a variable."""
+    target = kube.root / "mnt" / "secret"
+    script = (
+        f"cat {target}/the-file; echo; stat -c %a {target}/the-file; "
+        f"ls {target}; echo $TOKEN; touch {target}/new 2>/dev/null || echo read-only; "
+        "sleep 60"
+    )
+    labels = {"app": "reader"}
+    kube.create(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "reader"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "main",
+                                "command": ["sh", "-c", script],
+                                "env": [
+                                    {
+                                        "name": "TOKEN",
+                                        "valueFrom": {
+                                            "secretKeyRef": {"name": "creds", "key": "token"}
+                                        },
+                                    }
+                                ],
+                                "volumeMounts": [{"name": "creds", "mountPath": str(target)}],
+                            }
+                        ],
+                        "volumes": [
+                            {
+                                "name": "creds",
+                                "secret": {
+                                    "secretName": "creds",
+                                    "defaultMode": 0o440,
+                                    "items": [{"key": "password", "path": "the-file"}],
+                                },
+                            }
+                        ],
+                    },
+                },
+            },
+        }
+    )
+
+    def waiting() -> dict[str, Any] | None:
+        pods = kube.list("v1/pods", NS, "app=reader")
+        statuses = pods[0].get("status", {}).get("containerStatuses") if pods else None
+        return (statuses[0]["state"].get("waiting") or None) if statuses else None
+
+    state = kube.wait_for(waiting, 30, "the reader pod to wait for its Secret")
+    assert state["reason"] == "CreateContainerConfigError"
+    assert "creds" in state["message"]
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "creds"},
+            "data": {
+                "password": base64.b64encode(b"hunter2").decode(),
+                "token": base64.b64encode(b"t0ken").decode(),
+            },
+        }
+    )
+    [pod] = kube.wait_for(
+        lambda: [
+            p
+            for p in kube.list("v1/pods", NS, "app=reader")
+            if "read-only" in kube.pod_log(p["metadata"]["name"])
+        ],
+        30,
+        "the reader pod to start and print what it sees",
+    )
+    log = kube.pod_log(pod["metadata"]["name"])
+    assert "hunter2\n440\nthe-file\nt0ken\nread-only" in log, log

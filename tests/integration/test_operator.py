@@ -9,6 +9,7 @@ that deletes the Broker, run last.
 
 from __future__ import annotations
 
+import base64
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -44,6 +45,14 @@ RACK_ROLE = {
     "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}],
 }
 RACK_BINDING = f"brook-rack.{NS}.{BROKER}"
+CLUSTER_SECRET = f"{BROKER}-cluster-secret"
+PRESET_SECRET = {
+    "apiVersion": "v1",
+    "kind": "Secret",
+    "metadata": {"name": CLUSTER_SECRET, "namespace": NS},
+    "data": {"cluster-secret": base64.b64encode(b"chosen before the Broker").decode()},
+}
+"""A cluster secret made before the Broker (say, by a secret manager): adopted as it is."""
 BINDINGS = "rbac.authorization.k8s.io/v1/clusterrolebindings"
 
 
@@ -76,7 +85,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         3,
         settled=broker_ready,
         spec={"rack": {"enabled": True}},
-        installed=[RACK_ROLE],
+        installed=[RACK_ROLE, PRESET_SECRET],
         operator_env={
             "BROOK_OPERATOR_STATUS_INTERVAL": "1",
             "BROOK_OPERATOR_RACK_CLUSTER_ROLE": RACK_ROLE["metadata"]["name"],
@@ -249,6 +258,12 @@ def test_broker_becomes_ready_and_serves_a_topic_made_from_its_resource(
         event = wait_for_event(kube, "Broker", BROKER, "Normal", "Created", subject)
         assert event["message"] == f"{subject} created"
     wait_for_event(kube, "Broker", BROKER, "Normal", "ClusterReady")
+    # The Secret made beforehand is the Broker's now, with the value it had.
+    wait_for_event(kube, "Broker", BROKER, "Normal", "Adopted", f"Secret {CLUSTER_SECRET}")
+    secret = kube.get("v1/secrets", CLUSTER_SECRET)
+    assert secret["data"] == PRESET_SECRET["data"]
+    [owner] = secret["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["uid"]) == ("Broker", broker["metadata"]["uid"])
 
     apply_topic(kube, "orders", partitions=6, replicationFactor=3, minInsyncReplicas=2)
     topic = wait_topic_ready(kube, "orders", 6)
@@ -403,4 +418,9 @@ def test_deleting_the_broker_removes_its_cluster_wide_binding(cluster: Cluster) 
         lambda: kube.find(BINDINGS, RACK_BINDING, None) is None,
         CHANGE_TIMEOUT_S,
         "the rack ClusterRoleBinding to go with the Broker",
+    )
+    kube.wait_for(
+        lambda: kube.find("v1/secrets", CLUSTER_SECRET) is None,
+        CHANGE_TIMEOUT_S,
+        "the cluster secret to go with the Broker (its owner)",
     )

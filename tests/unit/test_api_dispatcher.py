@@ -8,7 +8,8 @@ from kio.index import load_request_schema, load_response_schema
 
 
 def test_every_advertised_api_has_a_handler_and_only_those() -> None:
-    assert HANDLERS.keys() == SUPPORTED_VERSIONS.keys()
+    # ApiVersions is answered by each listener's dispatcher, with what that listener serves.
+    assert HANDLERS.keys() | {18} == SUPPORTED_VERSIONS.keys()
 
 
 def test_the_advertised_versions() -> None:

@@ -22,6 +22,7 @@ from brook_broker.api.dispatcher import Dispatcher
 from brook_broker.config import BrokerConfig
 from brook_broker.controller.controller import Controller
 from brook_broker.groups.coordinator import GroupCoordinator
+from brook_broker.metadata.topics import PartitionLimits
 from brook_broker.protocol import codec
 from brook_broker.replication import ReplicaManager
 from brook_broker.storage.batch import parse_header
@@ -72,11 +73,16 @@ class Broker:
     dispatcher: Dispatcher
     logs: LogManager
     quorum: LocalQuorum
+    internal_dispatcher: Dispatcher
 
-    async def call(self, api_key: int, version: int, body: dict[str, Any]) -> Any:
+    async def call(
+        self, api_key: int, version: int, body: dict[str, Any], *, internal: bool = False
+    ) -> Any:
+        """Through the client listener's dispatcher, or the internal listener's."""
         request_type = load_request_schema(api_key, version)
         request = codec.Request(api_key, version, 7, "test", codec.build(request_type, body))
-        answer = await self.dispatcher.handle(request)
+        dispatcher = self.internal_dispatcher if internal else self.dispatcher
+        answer = await dispatcher.handle(request)
         if answer is None:
             return None
         frame = codec.encode_response(request, answer)
@@ -175,7 +181,7 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
     controller = Controller(quorum, config)  # type: ignore[arg-type]
     groups = GroupCoordinator.for_broker(config, quorum, replicas)  # type: ignore[arg-type]
     context = ApiContext(config, quorum, logs, appends, replicas, groups, controller)  # type: ignore[arg-type]
-    yield Broker(context, Dispatcher(context), logs, quorum)
+    yield Broker(context, Dispatcher(context), logs, quorum, Dispatcher(context, internal=True))
     await replicas.stop()
     logs.close()
 
@@ -237,6 +243,19 @@ async def test_metadata_by_topic_id(broker: Broker) -> None:
     )
     assert response.topics[0].name == "by-id"
     assert response.topics[1].error_code == ErrorCode.unknown_topic_id
+
+
+@pytest.mark.parametrize("version", [10, 11])
+async def test_metadata_before_v12_refuses_a_topic_without_a_name(
+    broker: Broker, version: int
+) -> None:
+    """These versions carry a topic id but cannot answer with a null name (found by the
+    fuzzer: the response failed to encode)."""
+    await broker.create("by-id")
+    response = await broker.call(
+        METADATA, version, {"topics": [{"topic_id": uuid.uuid4(), "name": None}]}
+    )
+    assert [(t.error_code, t.name) for t in response.topics] == [(ErrorCode.invalid_request, "")]
 
 
 # --- Produce and Fetch -----------------------------------------------------------------
@@ -756,13 +775,61 @@ async def test_describe_log_dirs_reports_each_replica_size(broker: Broker, versi
 async def test_broker_heartbeat(broker: Broker, version: int) -> None:
     epoch = broker.quorum.state.brokers[NODE].epoch
     body = {"broker_id": NODE, "broker_epoch": epoch, "current_metadata_offset": 0}
-    answer = await broker.call(BROKER_HEARTBEAT, version, body)
+    answer = await broker.call(BROKER_HEARTBEAT, version, body, internal=True)
     assert (answer.error_code, answer.is_fenced, answer.should_shut_down) == (0, False, False)
-    stale = await broker.call(BROKER_HEARTBEAT, version, {**body, "broker_epoch": epoch + 1})
+    stale = await broker.call(
+        BROKER_HEARTBEAT, version, {**body, "broker_epoch": epoch + 1}, internal=True
+    )
     assert stale.error_code == ErrorCode.stale_broker_epoch
     broker.quorum.is_active_controller = False
-    elsewhere = await broker.call(BROKER_HEARTBEAT, version, body)
+    elsewhere = await broker.call(BROKER_HEARTBEAT, version, body, internal=True)
     assert elsewhere.error_code == ErrorCode.not_controller
+
+
+async def test_broker_only_requests_are_refused_on_the_client_listener(broker: Broker) -> None:
+    epoch = broker.quorum.state.brokers[NODE].epoch
+    heartbeat = {"broker_id": NODE, "broker_epoch": epoch, "want_shut_down": True}
+    refused = await broker.call(BROKER_HEARTBEAT, 1, heartbeat)
+    assert refused.error_code == ErrorCode.cluster_authorization_failed
+    assert not broker.quorum.state.brokers[NODE].shutting_down
+    for api_key in (80, 81):  # AddRaftVoter, RemoveRaftVoter
+        voter = {"cluster_id": "brook", "voter_id": 5, "voter_directory_id": uuid.uuid4()}
+        answer = await broker.call(api_key, 0, {**voter, "timeout": 1000, "listeners": []})
+        assert answer.error_code == ErrorCode.cluster_authorization_failed
+    await broker.call(METADATA, 12, {"topics": [{"name": "t"}]})
+    partition = {"partition": 0, "fetch_offset": 10**6, "partition_max_bytes": 1000}
+    fetch = {
+        "replica_id": 1,
+        "max_bytes": 1000,
+        "topics": [{"topic": "t", "partitions": [partition]}],
+    }
+    for version in (4, 12):
+        answer = await broker.call(FETCH, version, fetch)
+        assert [p.error_code for t in answer.responses for p in t.partitions] == [
+            ErrorCode.cluster_authorization_failed
+        ]
+    listed = await broker.call(
+        LIST_OFFSETS,
+        7,
+        {
+            "replica_id": 1,
+            "topics": [{"name": "t", "partitions": [{"partition_index": 0, "timestamp": -1}]}],
+        },
+    )
+    assert listed.topics[0].partitions[0].error_code == ErrorCode.cluster_authorization_failed
+    # A consumer's fetch is served as before.
+    answer = await broker.call(FETCH, 12, {**fetch, "replica_id": -1})
+    assert answer.responses[0].partitions[0].error_code == ErrorCode.offset_out_of_range
+
+
+async def test_api_versions_of_each_listener(broker: Broker) -> None:
+    def listed(response: Any) -> set[int]:
+        return {key.api_key for key in response.api_keys}
+
+    client = listed(await broker.call(API_VERSIONS, 3, {}))
+    internal = listed(await broker.call(API_VERSIONS, 3, {}, internal=True))
+    assert BROKER_HEARTBEAT not in client and {80, 81} <= client
+    assert internal == client | {BROKER_HEARTBEAT}
 
 
 async def test_elect_leaders(broker: Broker) -> None:
@@ -868,3 +935,52 @@ async def test_reassignments(broker: Broker) -> None:
     )
     assert cancel.responses[0].partitions[0].error_code == ErrorCode.none
     assert broker.quorum.state.topics["r"].partitions[0].replicas == (NODE,)
+
+
+# --- partition limits --------------------------------------------------------------------
+
+
+async def test_partition_limits_refuse_before_anything_is_proposed(broker: Broker) -> None:
+    """Over-limit requests are answered by the receiving broker: the quorum sees nothing,
+    and validate_only gives the same answer as the real request."""
+    await broker.create("t", 2)
+    proposed = broker.quorum.applied_offset
+    topics = [
+        {"name": name, "num_partitions": 600, "replication_factor": 1, "assignments": []}
+        for name in ("a", "b")
+    ]
+    for validate_only in (True, False):
+        response = await broker.call(
+            CREATE_TOPICS,
+            7,
+            {"validate_only": validate_only, "topics": [{**t, "configs": []} for t in topics]},
+        )
+        assert [(t.error_code, t.error_message) for t in response.topics] == [
+            (
+                ErrorCode.invalid_partitions,
+                "Excessively large number of partitions per request: 1200 requested, but a "
+                "request may add at most 1000 (max.partitions.per.request).",
+            )
+        ] * 2
+        response = await broker.call(
+            CREATE_PARTITIONS,
+            3,
+            {
+                "timeout": 1000,
+                "validate_only": validate_only,
+                "topics": [{"name": "t", "count": 2**31 - 1, "assignments": None}],
+            },
+        )
+        result = response.results[0]
+        assert result.error_code == ErrorCode.invalid_partitions
+        assert "2147483645 requested" in result.error_message
+    assert broker.quorum.applied_offset == proposed
+    assert broker.context.topics.get("a") is None
+    assert len(broker.context.topics.get("t").partitions) == 2
+
+
+async def test_auto_created_topics_are_held_to_the_limits(broker: Broker) -> None:
+    broker.context.partition_limits = PartitionLimits(per_topic=1)
+    response = await broker.call(METADATA, 12, {"topics": [{"name": "auto"}]})
+    assert response.topics[0].error_code == ErrorCode.invalid_partitions
+    assert broker.context.topics.get("auto") is None

@@ -3,6 +3,7 @@ settings the operator accepts or refuses."""
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 
@@ -12,7 +13,9 @@ from brook_operator.broker_resources import (
     CONFIG_HASH_ANNOTATION,
     BrokerSpec,
     InvalidSpec,
+    adopt_cluster_secret,
     broker_env,
+    cluster_secret,
     immutable_changes,
     manifests,
     needs_update,
@@ -72,6 +75,7 @@ def test_services_address_the_brokers() -> None:
     assert {p["name"]: p["port"] for p in headless["ports"]} == {
         "kafka": 9092,
         "controller": 9093,
+        "internal": 9094,
         "http": 9644,
     }
     client = found["Service/kafka"]["spec"]
@@ -130,7 +134,7 @@ def test_stateful_set_contract() -> None:
     container = pod["containers"][0]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9644}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 9644}
-    assert container["volumeMounts"] == [{"name": "data", "mountPath": "/var/lib/brook"}]
+    assert container["volumeMounts"][0] == {"name": "data", "mountPath": "/var/lib/brook"}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -140,6 +144,84 @@ def test_stateful_set_contract() -> None:
     assert [c["topologyKey"] for c in spread] == ["kubernetes.io/hostname"]
     anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_brokers_meet_on_the_internal_listener_with_the_cluster_secret() -> None:
+    pod = pod_spec()
+    container = pod["containers"][0]
+    env = container_env()
+    assert env["BROOK_INTERNAL_LISTEN"]["value"] == "$(POD_IP):9094"
+    assert env["BROOK_INTERNAL_ADVERTISED_LISTENER"]["value"] == (
+        "$(POD_NAME).kafka-brokers.$(POD_NAMESPACE).svc.cluster.local:9094"
+    )
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["internal"] == 9094
+    # The secret's file is a key of the Broker's Secret, mounted read-only (no env value
+    # that `kubectl describe` or a process listing would show).
+    secret = cluster_secret("kafka", "prod", "s3cret")
+    [volume] = [v for v in pod["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"] == "kafka-cluster-secret"
+    assert volume["secret"]["defaultMode"] == 0o440
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    [key] = secret["data"]
+    assert env["BROOK_CLUSTER_SECRET_FILE"]["value"] == f"{mount['mountPath']}/{key}"
+    assert base64.b64decode(secret["data"][key]) == b"s3cret"
+    assert not any("secretKeyRef" in item.get("valueFrom", {}) for item in env.values())
+    # The broker itself accepts the addresses, once the pod's variables are expanded.
+    pod_values = {"POD_IP": "10.0.0.7", "POD_NAME": "kafka-1", "POD_NAMESPACE": "prod"}
+    internal = {}
+    for variable in ("BROOK_INTERNAL_LISTEN", "BROOK_INTERNAL_ADVERTISED_LISTENER"):
+        internal[variable] = re.sub(
+            r"\$\((\w+)\)", lambda m: pod_values[m[1]], env[variable]["value"]
+        )
+    config = load_config([], internal)
+    assert config.internal_address == ("10.0.0.7", 9094)
+    assert config.internal_advertised_listener == (
+        "kafka-1.kafka-brokers.prod.svc.cluster.local:9094"
+    )
+
+
+OWNER = {"apiVersion": "brook.dev/v1alpha1", "kind": "Broker", "name": "kafka", "uid": "b1"}
+
+
+def owned_secret(value: str) -> dict[str, Any]:
+    """The cluster secret as the operator creates it (owner reference added)."""
+    secret = cluster_secret("kafka", "prod", value)
+    secret["metadata"]["ownerReferences"] = [{**OWNER, "controller": True}]
+    return secret
+
+
+def test_the_operators_own_cluster_secret_is_left_alone() -> None:
+    live = served(owned_secret("first"))
+    assert adopt_cluster_secret(live, owned_secret("second")) is None
+
+
+def test_an_existing_cluster_secret_is_adopted_with_its_value() -> None:
+    live = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "kafka-cluster-secret", "namespace": "prod", "uid": "s1"},
+        "data": {"cluster-secret": base64.b64encode(b"chosen").decode()},
+    }
+    patch = adopt_cluster_secret(live, owned_secret("generated"))
+    assert patch is not None
+    assert "data" not in patch
+    assert patch["metadata"]["ownerReferences"] == [{**OWNER, "controller": True}]
+    assert patch["metadata"]["labels"]["app.kubernetes.io/instance"] == "kafka"
+    adopted = {**live, "metadata": {**live["metadata"], **patch["metadata"]}}
+    assert adopt_cluster_secret(adopted, owned_secret("again")) is None
+
+
+def test_a_cluster_secret_without_a_value_gets_one_and_keeps_its_owners() -> None:
+    other = {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "o1", "controller": True}
+    live = served(owned_secret("unused"))
+    live["metadata"]["ownerReferences"] = [other]
+    live["data"] = {"cluster-secret": ""}
+    patch = adopt_cluster_secret(live, owned_secret("generated"))
+    assert patch is not None
+    assert base64.b64decode(patch["data"]["cluster-secret"]) == b"generated"
+    # One controller at most: the Broker is added as a plain owner.
+    assert patch["metadata"]["ownerReferences"] == [other, {**OWNER, "controller": False}]
 
 
 def test_volume_claims_take_size_and_storage_class() -> None:

@@ -11,10 +11,12 @@ import pytest
 from brook_cli.local import (
     CONTROLLER_PORT_OFFSET,
     HTTP_PORT_OFFSET,
+    INTERNAL_PORT_OFFSET,
     BrokerProcess,
     BrokerSpec,
     bootstrap_servers,
     describe_exit,
+    ensure_cluster_secret,
     format_address,
     plan_cluster,
     running_broker_pids,
@@ -37,11 +39,14 @@ def test_local_up_defaults() -> None:
             http_port=9092 + index + HTTP_PORT_OFFSET,
             controller_port=9092 + index + CONTROLLER_PORT_OFFSET,
             controller_quorum=quorum,
+            internal_port=9092 + index + INTERNAL_PORT_OFFSET,
+            cluster_secret_file=Path(".brook-local/cluster.secret"),
         )
         for index in range(3)
     ]
     assert bootstrap_servers(specs) == "127.0.0.1:9092,127.0.0.1:9093,127.0.0.1:9094"
     assert specs[2].controller_address == "127.0.0.1:11094"
+    assert specs[2].internal_address == "127.0.0.1:12094"
 
 
 def test_local_up_flags_and_broker_arguments() -> None:
@@ -80,6 +85,10 @@ def test_local_up_flags_and_broker_arguments() -> None:
         "--http-listen": f"[::1]:{19092 + HTTP_PORT_OFFSET}",
         "--controller-quorum": f"0@[::1]:{19092 + CONTROLLER_PORT_OFFSET}",
         "--controller-listen": f"[::1]:{19092 + CONTROLLER_PORT_OFFSET}",
+        "--internal-listen": f"[::1]:{19092 + INTERNAL_PORT_OFFSET}",
+        "--internal-advertised-listener": f"[::1]:{19092 + INTERNAL_PORT_OFFSET}",
+        # The secret itself is never on the command line, where ps would show it.
+        "--cluster-secret-file": "/tmp/cluster/cluster.secret",
         "--log-retention-ms": "1000",
     }
 
@@ -91,6 +100,8 @@ def test_wildcard_host_listens_everywhere_but_advertises_loopback() -> None:
     assert command[command.index("--advertised-listener") + 1] == "127.0.0.1:9093"
     assert command[command.index("--controller-listen") + 1] == "0.0.0.0:11093"
     assert command[command.index("--controller-quorum") + 1].startswith("0@127.0.0.1:11092,")
+    assert command[command.index("--internal-listen") + 1] == "0.0.0.0:12093"
+    assert command[command.index("--internal-advertised-listener") + 1] == "127.0.0.1:12093"
     assert specs[1].http_address == f"127.0.0.1:{9093 + HTTP_PORT_OFFSET}"
 
 
@@ -118,20 +129,40 @@ def test_bad_arguments_exit_2_with_a_message(
 
 def test_port_scheme_of_a_cluster() -> None:
     specs = plan_cluster(brokers=5, data_dir=Path("d"), host="127.0.0.1", port=30000)
-    assert [(s.kafka_port, s.http_port, s.controller_port) for s in specs] == [
-        (30000 + index, 31000 + index, 32000 + index) for index in range(5)
+    assert [(s.kafka_port, s.http_port, s.controller_port, s.internal_port) for s in specs] == [
+        (30000 + index, 31000 + index, 32000 + index, 33000 + index) for index in range(5)
     ]
+    assert {spec.cluster_secret_file for spec in specs} == {Path("d/cluster.secret")}
     assert {spec.controller_quorum for spec in specs} == {
         ",".join(f"{index}@127.0.0.1:{32000 + index}" for index in range(5))
     }
     with pytest.raises(ValueError, match="Raft"):
         plan_cluster(brokers=3, data_dir=Path("d"), host="127.0.0.1", port=63534)
+    with pytest.raises(ValueError, match=r"internal \(\+3000\)"):
+        plan_cluster(brokers=3, data_dir=Path("d"), host="127.0.0.1", port=62534)
+
+
+def test_the_cluster_secret_is_made_once_for_the_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.secret"
+    ensure_cluster_secret(path)
+    secret = path.read_text()
+    assert len(secret) >= 32 and secret.strip() == secret
+    assert path.stat().st_mode & 0o777 == 0o600
+    ensure_cluster_secret(path)  # a later run of the same data root
+    assert path.read_text() == secret
+    assert [p.name for p in tmp_path.iterdir()] == ["cluster.secret"]
+    other = tmp_path / "other" / "cluster.secret"
+    ensure_cluster_secret(other)
+    assert other.read_text() != secret
 
 
 def test_a_broker_without_a_quorum_gets_no_quorum_flags() -> None:
     spec = BrokerSpec(node_id=0, data_dir=Path("d"), host="h", kafka_port=1, http_port=2)
     assert spec.controller_address is None
     assert "--controller-quorum" not in spec.command()
+    assert spec.internal_address is None
+    assert "--internal-listen" not in spec.command()
+    assert "--cluster-secret-file" not in spec.command()
 
 
 def test_bootstrap_lists_every_broker_in_node_order() -> None:

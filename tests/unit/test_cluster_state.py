@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from brook_broker.metadata.cluster_state import ClusterState
 from brook_broker.metadata.errors import ApiError
 from brook_broker.metadata.model import NO_LEADER, PartitionState
+from brook_broker.metadata.topics import MAX_PARTITIONS_PER_REQUEST, PartitionLimits
 from kio.schema.errors import ErrorCode
 
 UNCLEAN = {"unclean.leader.election.enable": "true"}
@@ -241,7 +243,7 @@ def test_create_topic_spreads_over_racks() -> None:
         ("t", 1, 1, ErrorCode.topic_already_exists, "Topic 't' already exists."),
         ("my_topic", 1, 1, ErrorCode.invalid_topic_exception, "collides with existing topic"),
         ("u", 0, 1, ErrorCode.invalid_partitions, "must be larger than 0"),
-        ("u", 2**31, 1, ErrorCode.invalid_partitions, "Too many partitions"),
+        ("u", 2**31, 1, ErrorCode.invalid_partitions, "Excessively large number of partitions"),
         ("u", 1, 0, ErrorCode.invalid_replication_factor, "must be larger than 0"),
         ("u", 1, 4, ErrorCode.invalid_replication_factor, "only 3 broker(s)"),
     ],
@@ -575,3 +577,138 @@ def test_copies_are_independent() -> None:
     copy.fence_broker(3, 1)
     assert "b" in state.topics
     assert not state.brokers[3].fenced
+
+
+# --- partition limits ----------------------------------------------------------------------
+
+
+LIMITS = PartitionLimits(per_request=10, per_topic=12, per_broker=20, per_cluster=25)
+
+
+@pytest.mark.parametrize(
+    ("partitions", "code", "message"),
+    [
+        (11, ErrorCode.invalid_partitions, "11 requested, but a request may add at most 10"),
+        (0, ErrorCode.invalid_partitions, "must be larger than 0"),
+    ],
+)
+def test_create_topic_refuses_partitions_beyond_the_request_limit(
+    partitions: int, code: ErrorCode, message: str
+) -> None:
+    state = cluster(3)
+    assert message in refused(
+        code, state, state.create_topic, "u", topic_id(0), partitions, 1, {}, None, LIMITS
+    )
+
+
+def test_create_partitions_refuses_each_limit_with_its_code_and_message() -> None:
+    state = cluster(3)
+    state.create_topic("t", topic_id(0), 10, 1, {}, None, LIMITS)
+    state.create_topic("u", topic_id(1), 10, 1, {}, None, LIMITS)
+    grow = state.create_partitions
+    assert "Topic 't' would have 13 partitions, but a topic may have at most 12" in refused(
+        ErrorCode.invalid_partitions, state, grow, "t", 13, None, LIMITS
+    )
+    assert "20 requested, but a request may add at most 10" in refused(
+        ErrorCode.invalid_partitions, state, grow, "t", 30, None, LIMITS
+    )
+    assert "would make 26 partitions in the cluster, but it may have at most 25" in refused(
+        ErrorCode.policy_violation,
+        state,
+        grow,
+        "t",
+        16,
+        None,
+        PartitionLimits(per_request=10, per_topic=100, per_cluster=25),
+    )
+
+
+def test_max_broker_partitions_keeps_new_replicas_off_full_brokers() -> None:
+    state = cluster(3)
+    limits = PartitionLimits(per_broker=4)
+    state.create_topic("full", topic_id(0), 0, 0, {}, [[0], [0], [0], [0]], limits)
+    topic = state.create_topic("t", topic_id(1), 4, 1, {}, None, limits)
+    assert sorted(p.replicas[0] for p in topic.partitions) == [1, 1, 2, 2]
+    create, grow = state.create_topic, state.create_partitions
+    assert "only 2 of the 3 usable broker(s) hold fewer than 4" in refused(
+        ErrorCode.policy_violation, state, create, "v", topic_id(2), 1, 3, {}, None, limits
+    )
+    assert "Broker 0 would hold 5 partition replicas, but a broker may hold at most 4" in refused(
+        ErrorCode.policy_violation, state, grow, "t", 5, [[0]], limits
+    )
+    assert "would hold 5 partition replicas" in refused(
+        ErrorCode.policy_violation, state, grow, "t", 9, None, limits
+    )
+    assert len(grow("t", 8, None, limits).partitions) == 8
+
+
+def test_replication_factor_must_fit_the_usable_brokers() -> None:
+    state = cluster(3)
+    assert "only 3 broker(s) are registered" in refused(
+        ErrorCode.invalid_replication_factor,
+        state,
+        state.create_topic,
+        "t",
+        topic_id(0),
+        1,
+        4,
+        {},
+        None,
+        LIMITS,
+    )
+
+
+def test_validate_only_on_a_copy_gives_the_same_answer() -> None:
+    state = cluster(3)
+    state.create_topic("t", topic_id(0), 10, 3, {}, None, LIMITS)
+    for command, args in [
+        ("create_topic", ("u", topic_id(1), 11, 1, {}, None, LIMITS)),
+        ("create_partitions", ("t", 13, None, LIMITS)),
+        ("create_partitions", ("t", 11, None, LIMITS)),
+    ]:
+        trial, real = state.copy(), state.copy()
+        outcomes = []
+        for target in (trial, real):
+            try:
+                outcomes.append(getattr(target, command)(*args))
+            except ApiError as error:
+                outcomes.append((error.code, error.message))
+        assert outcomes[0] == outcomes[1]
+        assert trial == real
+
+
+def test_a_logged_command_that_would_wedge_is_skipped_the_same_way_everywhere(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An older version logged CreatePartitions to 2**31 - 1 without limits: every member
+    refuses it at once, logs it once, changes nothing, and applies what follows."""
+    members = [with_topic(), with_topic()]
+    for member in members:
+        started = time.process_time()
+        refused(ErrorCode.invalid_partitions, member, member.create_partitions, "t", 2**31 - 1)
+        assert time.process_time() - started < 0.5
+        member.create_partitions("t", 2)
+    assert members[0] == members[1]
+    assert len(part(members[0], 1).replicas) == 3
+    skipped = [r for r in caplog.records if "logged by an older version" in r.getMessage()]
+    assert len(skipped) == 2  # once on each member
+    assert all(r.levelname == "WARNING" for r in skipped)
+
+
+def test_placing_the_largest_allowed_request_is_bounded() -> None:
+    """The most one command can add (Kafka's 10,000) on 3 brokers with 3 replicas each;
+    about 0.1 s of CPU when measured, bounded here with room for a slow machine."""
+    state = cluster(3)
+    started = time.process_time()
+    topic = state.create_topic("t", topic_id(0), MAX_PARTITIONS_PER_REQUEST, 3, {})
+    assert time.process_time() - started < 1.0
+    assert len(topic.partitions) == MAX_PARTITIONS_PER_REQUEST
+    started = time.process_time()
+    refused(
+        ErrorCode.invalid_partitions,
+        state,
+        state.create_partitions,
+        "t",
+        2 * MAX_PARTITIONS_PER_REQUEST + 1,
+    )
+    assert time.process_time() - started < 0.5

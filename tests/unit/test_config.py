@@ -100,6 +100,10 @@ def test_advertised_address_defaults_to_listener() -> None:
         (["--broker-heartbeat-interval-ms", "2000"], {}, "--broker-session-timeout-ms"),
         (["--broker-heartbeat-interval-ms", "0"], {}, "--broker-heartbeat-interval-ms"),
         (["--replica-lag-time-max-ms", "0"], {}, "--replica-lag-time-max-ms"),
+        (["--max-partitions-per-request", "10001"], {}, "must be at most 10000"),
+        (["--max-broker-partitions", "0"], {}, "--max-broker-partitions must be at least 1"),
+        ([], {"BROOK_MAX_PARTITIONS": "0"}, "--max-partitions must be at least 1"),
+        (["--shutdown-timeout-ms", "0"], {}, "--shutdown-timeout-ms must be at least 1"),
     ],
 )
 def test_bad_values_exit_with_a_message(

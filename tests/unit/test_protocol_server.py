@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from brook_broker.protocol import codec
+from brook_broker.protocol.quotas import UNLIMITED, ListenerLimits
 from brook_broker.protocol.server import KafkaServer, when_connection_closes
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +24,7 @@ class RecordingDispatcher:
 
     def __init__(self) -> None:
         self.seen: list[tuple[int, int]] = []
+        self.malformed: list[int | None] = []
 
     async def handle(self, request: codec.Request) -> Mapping[str, Any] | None:
         records = request.body.topic_data[0].partition_data[0].records
@@ -35,12 +37,30 @@ class RecordingDispatcher:
     def api_versions_body(self) -> Mapping[str, Any]:
         return {"api_keys": [{"api_key": 0, "min_version": 3, "max_version": 9}]}
 
+    def malformed_request(self, api_key: int | None) -> None:
+        self.malformed.append(api_key)
+
+
+def limits(**overrides: int) -> ListenerLimits:
+    """Listener limits for tests: none but the request size, unless overridden."""
+    settings = {
+        "socket_request_max_bytes": 10_000_000,
+        "socket_request_timeout_ms": UNLIMITED,
+        "connections_max_idle_ms": UNLIMITED,
+        "queued_max_request_bytes": UNLIMITED,
+        "max_connections": UNLIMITED,
+        "max_connections_per_ip": UNLIMITED,
+    }
+    return ListenerLimits(**(settings | overrides))
+
 
 class FakeTransport(asyncio.Transport):
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         super().__init__()
         self.written = bytearray()
         self.closed = False
+        self.paused = False
+        self.host = host
 
     def write(self, data: Any) -> None:
         self.written += data
@@ -51,14 +71,27 @@ class FakeTransport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self.closed
 
+    def abort(self) -> None:
+        self.closed = True
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 1) if name == "peername" else default
+        return (self.host, 1) if name == "peername" else default
 
     def pause_reading(self) -> None:
-        pass
+        self.paused = True
 
     def resume_reading(self) -> None:
-        pass
+        self.paused = False
+
+
+def receive(connection: asyncio.BufferedProtocol, data: bytes) -> int:
+    """One read as asyncio's transport does it: take the buffer, fill it, drop it."""
+    buffer = connection.get_buffer(-1)
+    size = min(len(buffer), len(data))
+    buffer[:size] = data[:size]
+    del buffer
+    connection.buffer_updated(size)
+    return size
 
 
 def produce_frame(correlation_id: int, payload_size: int, acks: int = 1) -> bytes:
@@ -95,16 +128,14 @@ async def feed(
     stream: bytes, chunk_sizes: list[int], max_request_bytes: int = 10_000_000
 ) -> tuple[RecordingDispatcher, FakeTransport]:
     dispatcher = RecordingDispatcher()
-    connection = KafkaServer(dispatcher, max_request_bytes)._new_connection()
+    server = KafkaServer(dispatcher, limits(socket_request_max_bytes=max_request_bytes))
+    connection = server._new_connection()
     transport = FakeTransport()
     connection.connection_made(transport)
     position, chunk = 0, 0
     while position < len(stream) and not transport.closed:
-        buffer = connection.get_buffer(-1)
-        size = min(len(buffer), chunk_sizes[chunk % len(chunk_sizes)], len(stream) - position)
-        buffer[:size] = stream[position : position + size]
-        connection.buffer_updated(size)
-        position += size
+        size = chunk_sizes[chunk % len(chunk_sizes)]
+        position += receive(connection, stream[position : position + size])
         chunk += 1
         await asyncio.sleep(0)
     for _ in range(50):
@@ -153,6 +184,7 @@ def test_undecodable_frame_closes_the_connection() -> None:
     dispatcher, transport = asyncio.run(feed(garbage, [3]))
     assert transport.closed
     assert dispatcher.seen == []
+    assert dispatcher.malformed == [0]
 
 
 def test_unsupported_api_versions_request_is_answered_in_v0_with_error_35() -> None:
@@ -180,12 +212,9 @@ class ClosingWatcher(RecordingDispatcher):
 def test_a_handler_is_told_once_when_its_connection_closes() -> None:
     async def run() -> ClosingWatcher:
         dispatcher = ClosingWatcher()
-        connection = KafkaServer(dispatcher, 10_000)._new_connection()
+        connection = KafkaServer(dispatcher, limits())._new_connection()
         connection.connection_made(FakeTransport())
-        stream = produce_frame(1, 10) + produce_frame(2, 10)
-        buffer = connection.get_buffer(-1)
-        buffer[: len(stream)] = stream
-        connection.buffer_updated(len(stream))
+        receive(connection, produce_frame(1, 10) + produce_frame(2, 10))
         for _ in range(20):
             await asyncio.sleep(0)
         assert dispatcher.closed == []

@@ -157,7 +157,8 @@ class Cluster:
             groups = GroupCoordinator.for_broker(config, quorum, replicas)  # type: ignore[arg-type]
             context = ApiContext(config, quorum, logs, appends, replicas, groups)  # type: ignore[arg-type]
             self.replicas[node] = replicas
-            self.dispatchers[node] = Dispatcher(context)
+            # Followers fetch from the leaders' internal listeners.
+            self.dispatchers[node] = Dispatcher(context, internal=True)
 
     async def stop(self) -> None:
         for replicas in self.replicas.values():

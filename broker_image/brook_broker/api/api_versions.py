@@ -1,12 +1,10 @@
-"""ApiVersions: the APIs and versions this broker implements, advertised exactly."""
+"""ApiVersions: the APIs and versions this broker implements, advertised exactly (the
+dispatcher of each listener answers it with what that listener serves)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-
-from ..protocol.codec import Request
-from .context import ApiContext
 
 PRODUCE = 0
 FETCH = 1
@@ -75,18 +73,14 @@ SUPPORTED_VERSIONS: Mapping[int, tuple[int, int]] = {
 }
 
 
-_BODY: Mapping[str, Any] = {
-    "error_code": 0,
-    "api_keys": [
-        {"api_key": key, "min_version": low, "max_version": high}
-        for key, (low, high) in sorted(SUPPORTED_VERSIONS.items())
-    ],
-}
-
-
-def api_versions_body() -> Mapping[str, Any]:
-    return _BODY
-
-
-async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
-    return _BODY
+def api_versions_body(
+    versions: Mapping[int, tuple[int, int]] = SUPPORTED_VERSIONS,
+) -> Mapping[str, Any]:
+    """The ApiVersions answer listing ``versions``; each listener advertises its own."""
+    return {
+        "error_code": 0,
+        "api_keys": [
+            {"api_key": key, "min_version": low, "max_version": high}
+            for key, (low, high) in sorted(versions.items())
+        ],
+    }

@@ -26,6 +26,7 @@ from ..metadata.errors import ApiError
 from ..metadata.model import TopicState
 from ..metadata.quorum import MetadataQuorum
 from ..metadata.topic_config import TopicSettings, resolve, validate_overrides
+from ..metadata.topics import PartitionLimits
 from ..replication import ReplicaManager
 from ..storage.manager import LogManager
 
@@ -110,6 +111,13 @@ class ApiContext:
         self.controller = controller
         """The controller's duties, on voters; None on observers."""
         self.advertised_address: tuple[str, int] = config.advertised_address
+        self.partition_limits = PartitionLimits(
+            per_request=config.max_partitions_per_request,
+            per_topic=config.max_partitions_per_topic,
+            per_broker=config.max_broker_partitions,
+            per_cluster=config.max_partitions,
+        )
+        """Checked before a command that adds partitions is proposed, and carried in it."""
         self._settings: dict[str, tuple[Mapping[str, str], TopicSettings]] = {}
         self._next_producer_id = 0
         self._producer_id_limit = 0
@@ -154,9 +162,11 @@ class ApiContext:
             replication_factor,
             validate_overrides(configs),
             None if assignments is None else [tuple(replicas) for replicas in assignments],
+            self.partition_limits,
         )
+        trial = self._trial().create_topic(*arguments)
         if validate_only:
-            return self._trial().create_topic(*arguments)
+            return trial
         topic: TopicState = await self.quorum.submit("create_topic", *arguments)
         return topic
 
@@ -183,9 +193,11 @@ class ApiContext:
             name,
             total,
             None if assignments is None else [tuple(replicas) for replicas in assignments],
+            self.partition_limits,
         )
+        trial = self._trial().create_partitions(*arguments)
         if validate_only:
-            return self._trial().create_partitions(*arguments)
+            return trial
         topic: TopicState = await self.quorum.submit("create_partitions", *arguments)
         return topic
 
@@ -210,8 +222,9 @@ class ApiContext:
         return producer_id
 
     def _trial(self) -> ClusterState:
-        """A private copy of the state: a validate-only request runs the very command on
-        it, so it is checked exactly as the real one would be, and nothing changes."""
+        """A private copy of the state: a command that adds partitions runs on it first,
+        so one the quorum would refuse is refused here, before it is proposed, and a
+        validate-only request is checked exactly as the real one would be."""
         return self.quorum.state.copy()
 
     def _new_topic_id(self) -> uuid.UUID:

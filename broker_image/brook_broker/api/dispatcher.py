@@ -1,4 +1,11 @@
-"""Routes each decoded request to its API's handler, and counts and times it."""
+"""Routes each decoded request to its API's handler, and counts and times it.
+
+Each listener has its own dispatcher. The client listener refuses the requests only
+brokers may send (:mod:`.broker_only`) and does not advertise those no client sends; the
+internal listener serves every API, and where it authenticates it also advertises
+SaslHandshake and SaslAuthenticate (which the connection's SASL session answers before
+any request reaches a dispatcher).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +17,11 @@ from kio.index import load_request_schema
 
 from .. import metrics
 from ..protocol.codec import Request
+from ..protocol.sasl import SASL_VERSIONS
 from . import (
     api_versions,
     broker_heartbeat,
+    broker_only,
     configs,
     coordinator,
     describe_cluster,
@@ -50,7 +59,6 @@ HANDLERS: Mapping[int, Handler] = {
     api_versions.SYNC_GROUP: groups.sync_group,
     api_versions.DESCRIBE_GROUPS: groups.describe_groups,
     api_versions.LIST_GROUPS: groups.list_groups,
-    api_versions.API_VERSIONS: api_versions.handle,
     api_versions.CREATE_TOPICS: topics.create_topics,
     api_versions.DELETE_TOPICS: topics.delete_topics,
     api_versions.DELETE_GROUPS: groups.delete_groups,
@@ -74,27 +82,43 @@ HANDLERS: Mapping[int, Handler] = {
 class _Route:
     """A handler with its metric children, looked up once rather than per request."""
 
-    __slots__ = ("handler", "latency", "requests")
+    __slots__ = ("handler", "latency", "malformed", "requests")
 
     def __init__(self, api_key: int, handler: Handler) -> None:
         name = api_name(load_request_schema(api_key, SUPPORTED_VERSIONS[api_key][1]))
         self.handler = handler
         self.requests = metrics.REQUESTS.labels(api=name)
         self.latency = metrics.REQUEST_LATENCY.labels(api=name)
+        self.malformed = metrics.MALFORMED_REQUESTS.labels(api=name)
+
+
+_MALFORMED_UNKNOWN = metrics.MALFORMED_REQUESTS.labels(api="unknown")
 
 
 class Dispatcher:
     """The broker side of :class:`~brook_broker.protocol.server.KafkaServer`."""
 
-    supported_versions: Mapping[int, tuple[int, int]] = SUPPORTED_VERSIONS
-
-    def __init__(self, context: ApiContext) -> None:
+    def __init__(self, context: ApiContext, *, internal: bool = False, sasl: bool = False) -> None:
+        """``internal``: the listener of the brokers' own requests; ``sasl``: its
+        connections authenticate first."""
         self._context = context
-        self._routes = {key: _Route(key, handler) for key, handler in HANDLERS.items()}
+        self._internal = internal
+        self.supported_versions: Mapping[int, tuple[int, int]] = {
+            **SUPPORTED_VERSIONS,
+            **(SASL_VERSIONS if sasl else {}),
+        }
+        advertised = self.supported_versions if internal else broker_only.CLIENT_VERSIONS
+        self._api_versions = api_versions.api_versions_body(advertised)
+        handlers = {**HANDLERS, api_versions.API_VERSIONS: self._answer_api_versions}
+        self._routes = {key: _Route(key, handler) for key, handler in handlers.items()}
 
     async def handle(self, request: Request) -> Mapping[str, Any] | None:
         route = self._routes[request.api_key]
         route.requests.inc()
+        if not self._internal:
+            refused = broker_only.refusal(request)
+            if refused is not None:
+                return refused
         started = time.perf_counter()
         try:
             return await route.handler(self._context, request)
@@ -102,4 +126,13 @@ class Dispatcher:
             route.latency.observe(time.perf_counter() - started)
 
     def api_versions_body(self) -> Mapping[str, Any]:
-        return api_versions.api_versions_body()
+        return self._api_versions
+
+    async def _answer_api_versions(
+        self, context: ApiContext, request: Request
+    ) -> Mapping[str, Any]:
+        return self._api_versions
+
+    def malformed_request(self, api_key: int | None) -> None:
+        route = self._routes.get(api_key) if api_key is not None else None
+        (route.malformed if route is not None else _MALFORMED_UNKNOWN).inc()

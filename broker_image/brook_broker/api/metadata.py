@@ -26,6 +26,7 @@ from .context import ApiContext
 from .errors import count_error
 
 _ZERO_ID = uuid.UUID(int=0)
+_FIRST_NULLABLE_NAME_VERSION = 12  # Metadata v12 looks topics up by id, name null
 _NOT_REQUESTED = -(2**31)
 # Kafka's AclOperation codes: without authorization, every operation is allowed.
 _TOPIC_OPERATIONS = sum(1 << operation for operation in (3, 4, 5, 6, 7, 8, 10, 11))
@@ -82,6 +83,9 @@ async def _lookup(
     include_operations: bool,
 ) -> dict[str, Any]:
     name: str | None = requested.name
+    if name is None and request.api_version < _FIRST_NULLABLE_NAME_VERSION:
+        # Kafka refuses this as invalid: these versions have no null name to answer with.
+        return _error(request, ErrorCode.invalid_request, "", _ZERO_ID)
     if name is None:
         topic_id = getattr(requested, "topic_id", None) or _ZERO_ID
         topic = context.topics.get_by_id(topic_id)

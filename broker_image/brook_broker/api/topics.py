@@ -3,7 +3,9 @@
 Each topic in a request succeeds or fails on its own, with Kafka's error code and a
 message saying why. ``validate_only`` runs every check and changes nothing. Without
 replica assignments, replicas are placed over the live brokers; given assignments must
-name registered brokers, each once per partition, with one replication factor.
+name registered brokers, each once per partition, with one replication factor. A request
+that adds more partitions over all its topics than ``max.partitions.per.request`` allows
+is refused whole, each topic with INVALID_PARTITIONS, before anything is proposed.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ _ZERO_ID = uuid.UUID(int=0)
 async def create_topics(context: ApiContext, request: Request) -> Mapping[str, Any]:
     body = request.body
     counts = Counter(creatable.name for creatable in body.topics)
+    too_many = _request_error(context, sum(_new_count(context, c) for c in body.topics))
     results = []
     for creatable in body.topics:
         result: dict[str, Any] = {"name": creatable.name, "topic_id": _ZERO_ID, "configs": None}
         try:
+            if too_many is not None:
+                raise too_many
             if counts[creatable.name] > 1:
                 raise ApiError(
                     ErrorCode.invalid_request,
@@ -86,10 +91,13 @@ async def delete_topics(context: ApiContext, request: Request) -> Mapping[str, A
 async def create_partitions(context: ApiContext, request: Request) -> Mapping[str, Any]:
     body = request.body
     counts = Counter(requested.name for requested in body.topics)
+    too_many = _request_error(context, sum(_added_count(context, r) for r in body.topics))
     results = []
     for requested in body.topics:
         result: dict[str, Any] = {"name": requested.name, "error_code": ErrorCode.none}
         try:
+            if too_many is not None:
+                raise too_many
             if counts[requested.name] > 1:
                 raise ApiError(
                     ErrorCode.invalid_request,
@@ -109,6 +117,32 @@ async def create_partitions(context: ApiContext, request: Request) -> Mapping[st
             result.update(error_code=error.code, error_message=error.message)
         results.append(result)
     return {"results": results}
+
+
+def _request_error(context: ApiContext, added: int) -> ApiError | None:
+    """The refusal of a request adding ``added`` partitions over all its topics, if any."""
+    if added < 1:
+        return None  # each topic is refused on its own
+    try:
+        context.partition_limits.check_request(added)
+    except ApiError as error:
+        return error
+    return None
+
+
+def _new_count(context: ApiContext, creatable: Any) -> int:
+    """Partitions a CreateTopics entry asks for (0 for a count that is refused anyway)."""
+    if creatable.assignments:
+        return len(creatable.assignments)
+    if creatable.num_partitions == -1:
+        return context.config.num_partitions
+    return max(0, creatable.num_partitions)
+
+
+def _added_count(context: ApiContext, requested: Any) -> int:
+    """Partitions a CreatePartitions entry adds to its topic (0 if it adds none)."""
+    topic = context.topics.get(requested.name)
+    return max(0, requested.count - (len(topic.partitions) if topic is not None else 0))
 
 
 def _layout(context: ApiContext, creatable: Any) -> tuple[int, int, list[tuple[int, ...]] | None]:

@@ -1,11 +1,11 @@
 """This broker's side of cluster membership: register, heartbeat, shut down in order.
 
-The broker registers through the metadata quorum (a new broker epoch each time), then
-sends BrokerHeartbeat to the active controller over the Kafka protocol every
-``--broker-heartbeat-interval-ms``. On stop it asks for a controlled shutdown
-(``want_shut_down``) and keeps heartbeating until the controller has moved its
-leaderships away and answers ``should_shut_down`` (bounded, so a broker without a
-controller still stops).
+The broker registers through the metadata quorum (a new broker epoch each time), with
+its client address and the address of its internal listener, then sends BrokerHeartbeat
+to the active controller's internal listener every ``--broker-heartbeat-interval-ms``.
+On stop it asks for a controlled shutdown (``want_shut_down``) and keeps heartbeating
+until the controller has moved its leaderships away and answers ``should_shut_down``
+(bounded, so a broker without a controller still stops).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kio.schema.errors import ErrorCode
@@ -33,11 +34,21 @@ _REREGISTER = (ErrorCode.stale_broker_epoch, ErrorCode.broker_id_not_registered)
 
 class BrokerLifecycle:
     def __init__(
-        self, config: BrokerConfig, quorum: MetadataQuorum, advertised: tuple[str, int]
+        self,
+        config: BrokerConfig,
+        quorum: MetadataQuorum,
+        advertised: tuple[str, int],
+        internal: tuple[str, int],
+        connect: Callable[[str, int, str], KafkaClient] = KafkaClient,
     ) -> None:
+        """``advertised``: the address given to clients; ``internal``: the internal
+        listener's, given to other brokers; ``connect`` opens a connection to another
+        broker's internal listener (authenticating)."""
         self._config = config
         self._quorum = quorum
         self._advertised = advertised
+        self._internal = internal
+        self._connect = connect
         self._interval = config.broker_heartbeat_interval_ms / 1000
         # A heartbeat waits at most this long: a stopped controller must not hold up the
         # search for its successor.
@@ -87,7 +98,7 @@ class BrokerLifecycle:
         while True:
             try:
                 self.epoch = await self._quorum.submit(
-                    "register_broker", node_id, host, port, self._config.rack
+                    "register_broker", node_id, host, port, self._config.rack, *self._internal
                 )
             except ApiError as error:
                 if error.code not in (ErrorCode.not_controller, ErrorCode.request_timed_out):
@@ -134,8 +145,8 @@ class BrokerLifecycle:
             return None
         if self._client_for != controller:
             await self._disconnect()
-            self._client = KafkaClient(
-                registration.host, registration.port, f"broker-{self._config.node_id}"
+            self._client = self._connect(
+                *registration.internal_address, f"broker-{self._config.node_id}"
             )
             self._client_for = controller
         assert self._client is not None

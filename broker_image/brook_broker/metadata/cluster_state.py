@@ -11,11 +11,18 @@ its partition epoch. Besides the commands, reads that the controller, the reques
 handlers and replication need: ``partition``, ``usable_brokers``, ``is_usable``,
 ``offline_replicas``, ``partitions_led_by``, ``offline_partitions``,
 ``preferred_leader_imbalance``, ``reassignments``, ``copy``.
+
+Commands that add partitions carry the ``PartitionLimits`` of the broker that proposed
+them and are checked against those before anything is placed, so a member never decides
+by its own flags; one logged without limits (by an older version) gets the defaults,
+which refuse only what would hold up the member applying it.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -24,9 +31,10 @@ from kio.schema.errors import ErrorCode
 from .errors import ApiError
 from .model import NO_LEADER, BrokerRegistration, PartitionState, TopicState
 from .placement import PartitionKey, PlacementBroker, place_partitions
-from .topics import validate_topic_name
+from .topics import PartitionLimits, validate_topic_name
 
-MAX_PARTITIONS = 2**31 - 1
+log = logging.getLogger(__name__)
+
 MAX_PRODUCER_ID = 2**63 - 1
 UNCLEAN_LEADER_ELECTION = "unclean.leader.election.enable"
 PREFERRED = "preferred"
@@ -117,8 +125,17 @@ class ClusterState:
 
     # --- brokers -------------------------------------------------------------------------
 
-    def register_broker(self, node_id: int, host: str, port: int, rack: str | None) -> int:
-        """Register a new or returning broker; returns its new broker epoch.
+    def register_broker(
+        self,
+        node_id: int,
+        host: str,
+        port: int,
+        rack: str | None,
+        internal_host: str = "",
+        internal_port: int = 0,
+    ) -> int:
+        """Register a new or returning broker (clients' address, rack, and the internal
+        listener's address for other brokers); returns its new broker epoch.
 
         A broker that registers again without having been fenced restarted within its
         session: its earlier life is fenced first, so it loses its leaderships (with a new
@@ -131,7 +148,15 @@ class ClusterState:
             self.brokers[node_id] = replace(previous, fenced=True, shutting_down=False)
             self._apply(self._departure_changes(node_id))
         epoch = previous.epoch + 1 if previous is not None else 1
-        self.brokers[node_id] = BrokerRegistration(node_id, host, port, rack, epoch)
+        self.brokers[node_id] = BrokerRegistration(
+            node_id,
+            host,
+            port,
+            rack,
+            epoch,
+            internal_host=internal_host,
+            internal_port=internal_port,
+        )
         self._apply(self._arrival_changes(node_id))
         return epoch
 
@@ -189,6 +214,7 @@ class ClusterState:
         replication_factor: int,
         configs: Mapping[str, str],
         assignments: Sequence[Sequence[int]] | None = None,
+        limits: PartitionLimits | None = None,
     ) -> TopicState:
         """Create a topic with validated config overrides. With ``assignments`` (replica
         lists by partition index) they decide the partition count and replication
@@ -207,12 +233,13 @@ class ClusterState:
             )
         if topic_id.int <= 1 or topic_id in self.topic_names:
             raise ApiError(ErrorCode.invalid_request, f"Topic id {topic_id} cannot be used")
+        count = partitions if assignments is None else len(assignments)
+        checked = self._check_partition_limits(name, count, count, limits)
         if assignments is None:
-            _check_partition_count(partitions)
-            states = self._placed(partitions, replication_factor, ())
+            states = self._placed(partitions, replication_factor, (), checked)
         else:
-            _check_partition_count(len(assignments))
             states = self._assigned(assignments, None, 0)
+        self._check_broker_limits(states, checked)
         topic = TopicState(name, topic_id, tuple(states), dict(configs))
         self.topics[name] = topic
         self.topic_names[topic_id] = name
@@ -226,7 +253,11 @@ class ClusterState:
             del self.original_replicas[key]
 
     def create_partitions(
-        self, name: str, total: int, assignments: Sequence[Sequence[int]] | None = None
+        self,
+        name: str,
+        total: int,
+        assignments: Sequence[Sequence[int]] | None = None,
+        limits: PartitionLimits | None = None,
     ) -> TopicState:
         """Grow a topic to ``total`` partitions (never shrink); ``assignments`` are the
         replica lists of the new partitions only."""
@@ -240,12 +271,13 @@ class ClusterState:
             )
         if total == current:
             raise ApiError(ErrorCode.invalid_partitions, f"Topic already has {current} partitions.")
-        _check_partition_count(total)
+        checked = self._check_partition_limits(name, total - current, total, limits)
         if assignments is None:
             added = self._placed(
                 total - current,
                 topic.replication_factor,
                 [state.target_replicas for state in topic.partitions],
+                checked,
             )
         else:
             if len(assignments) != total - current:
@@ -255,6 +287,7 @@ class ClusterState:
                     f"{len(assignments)} assignment(s) were specified.",
                 )
             added = self._assigned(assignments, topic.replication_factor, current)
+        self._check_broker_limits(added, checked)
         updated = replace(topic, partitions=topic.partitions + tuple(added))
         self.topics[name] = updated
         return updated
@@ -621,10 +654,46 @@ class ClusterState:
             states.append(PartitionState(checked, isr, isr[0], 0, 0))
         return states
 
+    def _check_partition_limits(
+        self, name: str, added: int, total: int, limits: PartitionLimits | None
+    ) -> PartitionLimits:
+        """Refuse adding ``added`` partitions to topic ``name`` (then ``total``) beyond the
+        limits, before anything is placed; returns the limits that apply."""
+        checked = limits or PartitionLimits()
+        try:
+            checked.check_request(added)
+            checked.check_topic(name, total)
+            checked.check_cluster(added, sum(len(t.partitions) for t in self.topics.values()))
+        except ApiError as error:
+            if limits is None:
+                log.warning(
+                    "skipping a metadata command logged by an older version",
+                    extra={"topic": name, "error": error.message},
+                )
+            raise
+        return checked
+
+    def _replica_counts(self) -> Counter[int]:
+        """Partition replicas each broker holds (or is being given by a reassignment)."""
+        return Counter(node for _, state in self._partitions() for node in state.replicas)
+
+    def _check_broker_limits(
+        self, added: Iterable[PartitionState], limits: PartitionLimits
+    ) -> None:
+        new = Counter(node for state in added for node in state.replicas)
+        held = self._replica_counts() if new else Counter()
+        for node, count in sorted(new.items()):
+            limits.check_broker(node, held[node] + count)
+
     def _placed(
-        self, count: int, replication_factor: int, topic_assignments: Iterable[Sequence[int]]
+        self,
+        count: int,
+        replication_factor: int,
+        topic_assignments: Iterable[Sequence[int]],
+        limits: PartitionLimits,
     ) -> list[PartitionState]:
-        """New partitions placed over the usable brokers, all replicas in sync."""
+        """New partitions placed over the usable brokers with room for more replicas
+        (``max.broker.partitions``), all replicas in sync."""
         if replication_factor < 1:
             raise ApiError(
                 ErrorCode.invalid_replication_factor, "Replication factor must be larger than 0."
@@ -637,8 +706,17 @@ class ClusterState:
                 f"replication factor of {replication_factor} cannot be reached because only "
                 f"{len(usable)} broker(s) are registered.",
             )
+        held = self._replica_counts()
+        roomy = [broker for broker in usable if held[broker.node_id] < limits.per_broker]
+        if replication_factor > len(roomy):
+            raise ApiError(
+                ErrorCode.policy_violation,
+                f"Unable to place {replication_factor} replica(s) of each new partition: only "
+                f"{len(roomy)} of the {len(usable)} usable broker(s) hold fewer than "
+                f"{limits.per_broker} partition replicas (max.broker.partitions).",
+            )
         placed = place_partitions(
-            [PlacementBroker(broker.node_id, broker.rack) for broker in usable],
+            [PlacementBroker(broker.node_id, broker.rack) for broker in roomy],
             count,
             replication_factor,
             topic_assignments,
@@ -657,10 +735,3 @@ def _unclean_allowed(topic: TopicState) -> bool:
 
 def _metric_name(name: str) -> str:
     return name.replace(".", "_")
-
-
-def _check_partition_count(partitions: int) -> None:
-    if partitions < 1:
-        raise ApiError(ErrorCode.invalid_partitions, "Number of partitions must be larger than 0.")
-    if partitions > MAX_PARTITIONS:
-        raise ApiError(ErrorCode.invalid_partitions, f"Too many partitions: {partitions}")

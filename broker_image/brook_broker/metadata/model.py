@@ -26,6 +26,18 @@ class BrokerRegistration:
     """A fenced broker missed its session (or is shutting down): it leads nothing, is in
     no ISR it could be removed from, and is not given to clients."""
     shutting_down: bool = False
+    internal_host: str = ""
+    internal_port: int = 0
+    """Where other brokers send it their requests (its internal listener); never given
+    to clients."""
+
+    @property
+    def internal_address(self) -> tuple[str, int]:
+        """The internal listener's address; a registration without one (written before
+        brokers had internal listeners) is reached at its client address."""
+        if self.internal_port:
+            return self.internal_host, self.internal_port
+        return self.host, self.port
 
 
 @dataclass(frozen=True)

@@ -114,14 +114,15 @@ def _spread(
 ) -> list[int]:
     """Add followers to ``leader`` one at a time: from an unused rack while any remains,
     then the least loaded."""
-    chosen = [leader]
+    chosen = [leader.node_id]
+    domains = {leader.failure_domain}
     while len(chosen) < replication_factor:
-        domains = {broker.failure_domain for broker in chosen}
-        candidates = [broker for broker in brokers if broker not in chosen]
+        candidates = [broker for broker in brokers if broker.node_id not in chosen]
         fresh = [broker for broker in candidates if broker.failure_domain not in domains]
         pick = min(fresh or candidates, key=lambda broker: (load(broker.node_id), broker.node_id))
-        chosen.append(pick)
-    return [broker.node_id for broker in chosen]
+        chosen.append(pick.node_id)
+        domains.add(pick.failure_domain)
+    return chosen
 
 
 def rebalance(

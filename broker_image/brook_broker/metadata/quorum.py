@@ -7,6 +7,8 @@ applied on every node, in log order. pysyncobj's timer thread is off: a task of 
 event loop ticks it, so commands are applied and callbacks run on the loop thread and
 nothing needs a lock. The journal and the snapshot ("dump") live in the metadata
 directory, so a restarted broker rebuilds its state from disk and then catches up.
+``RaftMember`` corrects how pysyncobj's followers take AppendEntries (see ``raft``), and
+``state_digest`` lets every member show that it holds the same state.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 from pysyncobj import (
     FAIL_REASON,
-    SyncObj,
     SyncObjConf,
     SyncObjConsumer,
     SyncObjException,
@@ -31,7 +32,9 @@ from pysyncobj.node import Node
 from pysyncobj.transport import TCPTransport, Transport
 
 from .cluster_state import ClusterState
+from .digest import digest
 from .errors import ApiError
+from .raft import RaftMember
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,9 @@ _LEADER_HANDOVER_SECONDS = 2.0
 _MEMBERSHIP_RETRY_SECONDS = 0.05
 
 
-def _raft_conf(directory: Path, listen: str | None, lone: bool) -> SyncObjConf:
+def _raft_conf(
+    directory: Path, listen: str | None, lone: bool, password: str | None = None
+) -> SyncObjConf:
     """Timeouts tuned for a failover within about a second (pysyncobj's defaults are
     several seconds): a silent leader is replaced after 0.5-1.0 s, and a leader that no
     longer hears a majority steps down after 1.5 s instead of 30. A quorum of one, which
@@ -68,6 +73,10 @@ def _raft_conf(directory: Path, listen: str | None, lone: bool) -> SyncObjConf:
         useFork=False,
         bindAddress=listen,
         maxBindRetries=1,
+        # Encrypts and authenticates every message between members (Fernet, a key
+        # derived from the cluster secret): a node without the secret cannot take part,
+        # and nothing it sends is unpickled.
+        password=password,
     )
 
 
@@ -86,6 +95,7 @@ class _StateMachine(SyncObjConsumer):
 
     def __init__(self, applied: Callable[[], None]) -> None:
         self._applied = applied
+        self._digest: int | None = None
         super().__init__()
         self.state = ClusterState()
         self.voter_addresses: dict[int, str] = {}
@@ -105,15 +115,25 @@ class _StateMachine(SyncObjConsumer):
             log.exception("metadata command %s failed", command)
             return ("error", ErrorCode.unknown_server_error, f"{command} failed")
         finally:
+            self._digest = None
             self._applied()
 
     @replicated
     def name_voter(self, node_id: int, address: str) -> None:
         self.voter_addresses[node_id] = address
+        self._digest = None
 
     def _deserialize(self, data: Mapping[str, Any]) -> None:
         super()._deserialize(data)
+        self._digest = None
         self._applied()
+
+    @property
+    def digest(self) -> int:
+        """``metadata.digest`` of everything replicated, computed again only after a change."""
+        if self._digest is None:
+            self._digest = digest((self.state, self.voter_addresses))
+        return self._digest
 
 
 class MetadataQuorum:
@@ -130,6 +150,7 @@ class MetadataQuorum:
         *,
         listen: str | None = None,
         lone: bool = False,
+        password: str | None = None,
     ) -> None:
         """``lone``: a quorum of one that never grows (a broker without
         ``--controller-quorum``): it opens no port, elects itself at once and refuses voter
@@ -141,8 +162,9 @@ class MetadataQuorum:
         self._on_change = on_change
         self._listen = listen or self_address
         self._lone = lone
+        self._password = password
         self._machine = _StateMachine(self._applied)
-        self._raft: SyncObj | None = None
+        self._raft: RaftMember | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Future[Any]] = set()
 
@@ -155,10 +177,10 @@ class MetadataQuorum:
         others = [
             address for address in self._configured_voters.values() if address != self._self_address
         ]
-        conf = _raft_conf(self._directory, self._listen, self._lone)
+        conf = _raft_conf(self._directory, self._listen, self._lone, self._password)
         transport = _Alone if self._lone else TCPTransport
         try:
-            self._raft = SyncObj(
+            self._raft = RaftMember(
                 self._self_address,
                 others,
                 conf=conf,
@@ -263,6 +285,12 @@ class MetadataQuorum:
     def applied_offset(self) -> int:
         """The index of the last applied Raft entry: the broker's metadata offset."""
         return 0 if self._raft is None else int(self._raft.raftLastApplied)
+
+    @property
+    def state_digest(self) -> int:
+        """A 52-bit digest of the replicated state (``metadata.digest``): members that
+        have applied the same entries show the same digest."""
+        return self._machine.digest
 
     # --- changes -----------------------------------------------------------------------
 
@@ -371,7 +399,7 @@ class MetadataQuorum:
         while raft._isLeader() and time.monotonic() < deadline:
             await asyncio.sleep(TICK_SECONDS)
 
-    def _require_raft(self) -> SyncObj:
+    def _require_raft(self) -> RaftMember:
         if self._raft is None:
             raise ApiError(ErrorCode.not_controller, "The metadata quorum is not running")
         return self._raft

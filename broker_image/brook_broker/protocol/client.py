@@ -7,7 +7,8 @@ request's version declares; responses are read with the v0 or v1 response header
 (ApiVersions always v0). Requests are pipelined: each waits for the response carrying
 its correlation id. The connection is opened by the first request and again by the
 first request after it is lost; losing it fails every request in flight with
-:class:`KafkaConnectionError`.
+:class:`KafkaConnectionError`. Given credentials, the client authenticates each new
+connection (SaslHandshake v1, then SaslAuthenticate with PLAIN) before any request.
 
 Responses are received with :class:`asyncio.BufferedProtocol` straight into a buffer
 of the frame's size, so a large fetch response is not copied on its way in.
@@ -24,6 +25,7 @@ from functools import cache
 from typing import Any
 
 from kio.index import load_request_schema, load_response_schema
+from kio.schema.errors import ErrorCode
 from kio.schema.request_header.v1.header import RequestHeader as RequestHeaderV1
 from kio.schema.request_header.v2.header import RequestHeader as RequestHeaderV2
 from kio.schema.response_header.v0.header import ResponseHeader as ResponseHeaderV0
@@ -31,6 +33,7 @@ from kio.schema.response_header.v1.header import ResponseHeader as ResponseHeade
 from kio.serial import entity_reader, entity_writer
 
 from .codec import API_VERSIONS_KEY, build
+from .sasl import PLAIN, SASL_AUTHENTICATE, SASL_HANDSHAKE, PlainCredentials
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,10 @@ _MAX_RESPONSE_BYTES = 1 << 30
 
 class KafkaConnectionError(ConnectionError):
     """The connection could not be opened, or was lost before the response arrived."""
+
+
+class KafkaAuthenticationError(KafkaConnectionError):
+    """The broker refused the credentials (or the mechanism); the connection is closed."""
 
 
 class KafkaProtocolError(Exception):
@@ -129,12 +136,19 @@ class KafkaClient:
     """Requests to one broker over one connection; safe to share between tasks."""
 
     def __init__(
-        self, host: str, port: int, client_id: str, *, connect_timeout: float = 5.0
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        *,
+        connect_timeout: float = 5.0,
+        credentials: PlainCredentials | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.client_id = client_id
         self._connect_timeout = connect_timeout
+        self._credentials = credentials
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
         self._correlation_ids = itertools.count(1)
@@ -204,12 +218,39 @@ class KafkaClient:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, connection = await loop.create_connection(_Connection, self.host, self.port)
+                if self._credentials is not None:
+                    try:
+                        await self._authenticate(connection, self._credentials)
+                    except BaseException:
+                        connection.close("authentication did not complete")
+                        raise
+        except KafkaConnectionError:
+            raise
         except (OSError, TimeoutError) as error:
             raise KafkaConnectionError(
                 f"cannot connect to {self.host}:{self.port}: {error or 'timed out'}"
             ) from error
         log.debug("connected to %s:%d", self.host, self.port)
         return connection
+
+    async def _authenticate(self, connection: _Connection, credentials: PlainCredentials) -> None:
+        """SASL PLAIN in Kafka requests (KIP-152); a refusal closes the connection."""
+        steps = (
+            (SASL_HANDSHAKE, 1, {"mechanism": PLAIN}),
+            (SASL_AUTHENTICATE, 2, {"auth_bytes": credentials.token()}),
+        )
+        for api_key, api_version, body in steps:
+            correlation_id = next(self._correlation_ids) & 0x7FFFFFFF
+            frame = encode_request(api_key, api_version, correlation_id, self.client_id, body)
+            response = decode_response(
+                api_key, api_version, await connection.send(correlation_id, frame)
+            )
+            if response.error_code != ErrorCode.none:
+                reason = getattr(response, "error_message", None) or response.error_code.name
+                raise KafkaAuthenticationError(
+                    f"{self.host}:{self.port} refused authentication as "
+                    f"{credentials.username!r}: {reason}"
+                )
 
 
 class _Connection(asyncio.BufferedProtocol):

@@ -26,6 +26,7 @@ from kio.serial import entity_reader, entity_writer
 from kio.static.protocol import Entity
 
 from . import legacy_produce
+from .request_check import InvalidFrame, check_request
 
 PRODUCE_KEY = 0
 API_VERSIONS_KEY = 18
@@ -36,6 +37,10 @@ _ZERO_UUID = uuid.UUID(int=0)
 
 class MalformedRequest(ValueError):
     """A frame that cannot be decoded: the connection is closed, as Kafka does."""
+
+    def __init__(self, message: str, api_key: int | None = None) -> None:
+        super().__init__(message)
+        self.api_key = api_key  # None when not even the header could be read
 
 
 class UnsupportedRequest(ValueError):
@@ -75,10 +80,14 @@ def decode_request(frame: memoryview, supported: Mapping[int, tuple[int, int]]) 
         raise UnsupportedRequest(api_key, api_version, correlation_id)
     name, header_reader, body_reader = _request_codec(api_key, api_version)
     try:
+        # Before kio: it reserves memory from array counts, and reads -1 counts as null.
+        check_request(frame, api_key, api_version)
         header, offset = header_reader(frame, 0)
         body = body_reader(frame, offset)
+    except InvalidFrame as error:
+        raise MalformedRequest(f"refused {name} v{api_version}: {error}", api_key) from None
     except Exception as error:  # kio raises a variety of errors on bad bytes
-        raise MalformedRequest(f"cannot decode {name}: {error}") from error
+        raise MalformedRequest(f"cannot decode {name} v{api_version}: {error}", api_key) from None
     # Bytes after the body are ignored, as Kafka does: librdkafka's Metadata v9+ request
     # for all topics carries 3 stray bytes (an unshrunk 4-byte array count placeholder).
     return Request(api_key, api_version, correlation_id, header.client_id, body)

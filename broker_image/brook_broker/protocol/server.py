@@ -1,8 +1,18 @@
 """Kafka protocol listener: length-prefixed frames over asyncio TCP, answered in order.
 
 Frames are read straight into buffers with :class:`asyncio.BufferedProtocol`: a small
-frame is copied once out of a shared receive buffer, a large one (a produce request
-with big batches) is received into a buffer of its own and never copied again.
+frame is copied once out of the connection's receive buffer, a large one (a produce
+request with big batches) is received into a buffer of its own and never copied again.
+Memory follows the bytes that arrived, never the length a prefix promises: the receive
+buffer starts at a few KiB (grown while reads fill it, shrunk back when the connection
+rests), and a large frame's buffer is an anonymous memory map that doubles as its bytes
+arrive (the kernel remaps it without a copy and backs only the pages written; answered
+frames' maps are reused up to a bound, the rest unmapped). Every byte read is granted by
+the broker-wide request budget (``queued.max.request.bytes``, :mod:`.quotas`) and given
+back once its request is answered; a reader that finds the budget used up pauses. A
+connection idle for ``connections.max.idle.ms``, or whose request has not fully arrived
+within ``socket.request.timeout.ms``, is closed.
+
 Requests on one connection are handled one after the other, so responses go out in the
 order their requests came in, as Kafka clients require. A handler can ask to be told when
 the connection that carried its request closes (:func:`when_connection_closes`): the
@@ -14,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import struct
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from contextvars import ContextVar
@@ -28,13 +40,23 @@ from .codec import (
     decode_request,
     encode_response,
 )
+from .quotas import UNLIMITED, ConnectionQuotas, ListenerLimits
+from .sasl import AuthenticationFailed, PlainAuthenticator, SaslSession
 
 log = logging.getLogger(__name__)
 
 _SIZE = struct.Struct(">i")
-_RECEIVE_BUFFER = 256 * 1024
-_LARGE_FRAME = 64 * 1024
+_RECEIVE_BUFFER = 4 * 1024
+"""What an idle connection holds; reads that fill it double it, up to the maximum."""
+_MAX_RECEIVE_BUFFER = 256 * 1024
+_FIRST_FRAME_CHUNK = 64 * 1024
+"""The first map of a frame larger than the receive buffer (virtual until written)."""
+_IDLE_FRAME_MAP_BYTES = 16 * 1024 * 1024
+"""Maps of answered frames kept for the next ones: at most this many bytes of them, and
+at most ``_IDLE_FRAME_MAPS`` maps."""
+_IDLE_FRAME_MAPS = 32
 _MAX_QUEUED_FRAMES = 64
+_MAX_SWEEP_INTERVAL_S = 1.0
 _UNSUPPORTED_VERSION = 35
 _CURRENT: ContextVar[_Connection] = ContextVar("kafka_connection")
 
@@ -71,23 +93,46 @@ class Dispatcher(Protocol):
         """The ApiVersions response body, used to answer a version we do not speak."""
         ...
 
+    def malformed_request(self, api_key: int | None) -> None:
+        """Count a frame refused as malformed (``None``: not even its header was read)."""
+        ...
+
 
 class KafkaServer:
-    def __init__(self, dispatcher: Dispatcher, max_request_bytes: int) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        limits: ListenerLimits,
+        quotas: ConnectionQuotas | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        authenticator: PlainAuthenticator | None = None,
+    ) -> None:
+        """``quotas`` are shared by the broker's listeners (by default this one's own);
+        with an ``authenticator`` each connection must authenticate first (SASL)."""
         self._dispatcher = dispatcher
-        self._max_request_bytes = max_request_bytes
+        self._authenticator = authenticator
+        self._limits = limits
+        self.quotas = ConnectionQuotas(limits, clock) if quotas is None else quotas
+        self._clock = clock
         self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._connections: set[_Connection] = set()
+        self._frame_maps = _FrameMaps()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._new_connection, host, port, reuse_address=True
         )
+        self._sweeper = loop.create_task(self._sweep(), name="kafka connection sweeper")
         address = self._server.sockets[0].getsockname()
         return address[0], address[1]
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
         if self._server is not None:
             self._server.close()
         for connection in list(self._connections):
@@ -95,33 +140,86 @@ class KafkaServer:
         if self._server is not None:
             await self._server.wait_closed()
 
+    def close_expired(self) -> None:
+        """Close connections idle for ``connections.max.idle.ms`` or whose request has not
+        fully arrived within ``socket.request.timeout.ms``; shrink resting ones' buffers."""
+        now = self._clock()
+        for connection in list(self._connections):
+            connection.check(now)
+
+    async def _sweep(self) -> None:
+        bounds = [
+            bound / 1000 / 10
+            for bound in (
+                self._limits.connections_max_idle_ms,
+                self._limits.socket_request_timeout_ms,
+            )
+            if bound != UNLIMITED
+        ]
+        interval = min([_MAX_SWEEP_INTERVAL_S, *bounds])
+        while True:
+            await asyncio.sleep(interval)
+            self.close_expired()
+
     def _new_connection(self) -> _Connection:
-        return _Connection(self._dispatcher, self._max_request_bytes, self._connections)
+        connection = _Connection(
+            self._dispatcher,
+            self._limits,
+            self.quotas,
+            self._connections,
+            self._clock,
+            self._frame_maps,
+        )
+        if self._authenticator is not None:
+            connection.authentication = self._authenticator.session()
+        return connection
 
 
 class _Connection(asyncio.BufferedProtocol):
     def __init__(
-        self, dispatcher: Dispatcher, max_request_bytes: int, registry: set[_Connection]
+        self,
+        dispatcher: Dispatcher,
+        limits: ListenerLimits,
+        quotas: ConnectionQuotas,
+        registry: set[_Connection],
+        clock: Callable[[], float],
+        frame_maps: _FrameMaps,
     ) -> None:
         self._dispatcher = dispatcher
-        self._max_request_bytes = max_request_bytes
+        self._limits = limits
+        self._quotas = quotas
+        self._budget = quotas.budget
         self._registry = registry
+        self._clock = clock
+        self._frame_maps = frame_maps
         self._buffer = bytearray(_RECEIVE_BUFFER)
         self._view = memoryview(self._buffer)
         self._start = 0  # first unconsumed byte in the receive buffer
         self._end = 0  # one past the last received byte
-        self._large: bytearray | None = None  # a frame received into its own buffer
-        self._large_filled = 0
+        self._read_filled = False  # the last read took all the room it was given
+        self._frame: mmap.mmap | None = None  # a large frame received into a map of its own
+        self._frame_size = 0
+        self._frame_filled = 0
+        self._frame_began: float | None = None  # when the first byte of a partial frame came
+        self._last_active = clock()
+        self._granted = 0  # budget granted to the read in progress
+        self._held = 0  # budget held: bytes read and not yet answered
+        self._whole = 0  # the part of it in whole frames (queued or being answered)
         self._frames: deque[memoryview | bytes] = deque()
+        self._handling = False
         self._frame_ready = asyncio.Event()
         self._can_write = asyncio.Event()
         self._can_write.set()
-        self._reading_paused = False
+        self._paused: set[str] = set()  # why reading is paused: "queue", "budget"
         self._transport: asyncio.Transport | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._admitted = False
+        self._lost = False
         self._peer = "?"
         self.peer_host = ""
         self.on_close: dict[Hashable, Callable[[], None]] = {}
+        self.authentication: SaslSession | None = None
+        """Who the connection proved to be, on a listener that authenticates."""
 
     # --- asyncio callbacks -------------------------------------------------------------
 
@@ -131,11 +229,25 @@ class _Connection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         self._peer = str(peer)
         self.peer_host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if not self._quotas.admit(self.peer_host):
+            transport.abort()
+            return
+        self._admitted = True
         self._registry.add(self)
         self._worker = asyncio.get_running_loop().create_task(self._serve())
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self._admitted or self._lost:
+            return
+        self._lost = True
         self._registry.discard(self)
+        self._quotas.release(self.peer_host)
+        self._budget.dropped(self, self._held + self._granted, self._whole)
+        self._held = self._granted = self._whole = 0
+        self._frames.clear()
+        if self._frame is not None:
+            self._frame_maps.give(self._frame)
+            self._frame = None
         if self._worker is not None:
             self._worker.cancel()
         self._can_write.set()
@@ -153,39 +265,57 @@ class _Connection(asyncio.BufferedProtocol):
         self._can_write.set()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._large is not None:
-            return memoryview(self._large)[self._large_filled :]
-        if self._end == len(self._buffer):
-            self._compact()
-        return self._view[self._end :]
+        if self._frame is not None:
+            if self._frame_filled == len(self._frame):
+                # Linux remaps a private map: no copy, the new pages unbacked until written.
+                self._frame.resize(min(self._frame_size, 2 * len(self._frame)))
+            view = memoryview(self._frame)[self._frame_filled : self._frame_size]
+        else:
+            if self._end == len(self._buffer):
+                self._make_room()
+            view = self._view[self._end :]
+        self._granted = self._budget.grant(self, len(view))
+        return view[: self._granted]
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._large is not None:
-            self._large_filled += nbytes
-            if self._large_filled == len(self._large):
-                self._deliver(memoryview(self._large).toreadonly())
-                self._large = None
-            return
-        self._end += nbytes
-        self._split_frames()
+        self._read_filled = nbytes == self._granted
+        self._budget.refund(self._granted - nbytes)
+        self._granted = 0
+        self._held += nbytes
+        self._last_active = self._clock()
+        if self._frame is not None:
+            self._frame_filled += nbytes
+            if self._frame_filled == self._frame_size:
+                frame, self._frame = self._frame, None
+                self._deliver(memoryview(frame)[: self._frame_size].toreadonly())
+        else:
+            self._end += nbytes
+            self._split_frames()
+        if self._frame_began is None and (self._frame is not None or self._end > self._start):
+            self._frame_began = self._last_active
+        if self._budget.must_pause(self):
+            self._pause("budget")
 
     def eof_received(self) -> bool:
         return False
+
+    def resume_after_budget(self) -> None:
+        self._resume("budget")
 
     # --- framing -----------------------------------------------------------------------
 
     def _split_frames(self) -> None:
         while self._end - self._start >= 4:
             size = _SIZE.unpack_from(self._buffer, self._start)[0]
-            if size < 0 or size > self._max_request_bytes:
+            if size < 0 or size > self._limits.socket_request_max_bytes:
                 log.warning(
                     "closing connection from %s: request size %d is outside 0..%d "
                     "(socket.request.max.bytes)",
                     self._peer,
                     size,
-                    self._max_request_bytes,
+                    self._limits.socket_request_max_bytes,
                 )
-                self.close()
+                self._close_for("socket.request.max.bytes")
                 return
             body_start = self._start + 4
             available = self._end - body_start
@@ -193,28 +323,93 @@ class _Connection(asyncio.BufferedProtocol):
                 self._deliver(bytes(self._view[body_start : body_start + size]))
                 self._start = body_start + size
                 continue
-            if size >= _LARGE_FRAME:
-                # Receive the rest of this frame straight into a buffer of its own.
-                self._large = bytearray(size)
-                self._large[:available] = self._view[body_start : self._end]
-                self._large_filled = available
+            if 4 + size > len(self._buffer):
+                # Receive the rest of this frame straight into a map of its own, sized by
+                # what has arrived (the map grows with the bytes, never with the prefix).
+                capacity = min(size, max(_FIRST_FRAME_CHUNK, 2 * available))
+                self._frame = self._frame_maps.take(size, capacity)
+                self._frame[:available] = self._view[body_start : self._end]
+                self._frame_size, self._frame_filled = size, available
                 self._start = self._end = 0
             break
         if self._start == self._end:
             self._start = self._end = 0
 
-    def _compact(self) -> None:
+    def _make_room(self) -> None:
+        """The receive buffer is full: double it if the last read filled all it was given
+        (more is coming), else move the unconsumed bytes to its start."""
         pending = self._end - self._start
-        self._buffer[:pending] = self._view[self._start : self._end]
+        if self._read_filled and len(self._buffer) < _MAX_RECEIVE_BUFFER:
+            self._replace_buffer(2 * len(self._buffer))
+        else:
+            self._buffer[:pending] = self._view[self._start : self._end]
+            self._start, self._end = 0, pending
+
+    def _replace_buffer(self, size: int) -> None:
+        pending = self._end - self._start
+        buffer = bytearray(size)
+        buffer[:pending] = self._view[self._start : self._end]
+        self._buffer, self._view = buffer, memoryview(buffer)
         self._start, self._end = 0, pending
 
     def _deliver(self, frame: memoryview | bytes) -> None:
         self._frames.append(frame)
+        self._frame_began = None
+        self._whole += 4 + len(frame)
+        self._budget.arrived(self, 4 + len(frame))
         self._frame_ready.set()
-        if len(self._frames) >= _MAX_QUEUED_FRAMES and not self._reading_paused:
-            assert self._transport is not None
+        if len(self._frames) >= _MAX_QUEUED_FRAMES:
+            self._pause("queue")
+
+    def _pause(self, reason: str) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        if not self._paused:
             self._transport.pause_reading()
-            self._reading_paused = True
+        self._paused.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        if reason not in self._paused:
+            return
+        self._paused.discard(reason)
+        if self._paused or self._transport is None or self._transport.is_closing():
+            return
+        self._transport.resume_reading()
+        if self._frame_began is not None:
+            self._frame_began = self._clock()  # time paused by the broker is not the client's
+
+    # --- limits in time ----------------------------------------------------------------
+
+    def check(self, now: float) -> None:
+        """Close this connection if it is idle or late with a request, as of ``now``;
+        shrink a grown receive buffer once the connection rests. Reading paused by the
+        broker stops both clocks."""
+        if self._paused or self._lost:
+            return
+        limits = self._limits
+        if self._frame_began is not None:
+            waited_ms = (now - self._frame_began) * 1000
+            if UNLIMITED != limits.socket_request_timeout_ms <= waited_ms:
+                log.info(
+                    "closing connection from %s: request not complete after %d ms "
+                    "(socket.request.timeout.ms)",
+                    self._peer,
+                    waited_ms,
+                )
+                self._close_for("socket.request.timeout.ms")
+            return
+        if self._frames or self._handling:
+            return
+        idle_ms = (now - self._last_active) * 1000
+        if UNLIMITED != limits.connections_max_idle_ms <= idle_ms:
+            log.info(
+                "closing connection from %s: idle for %d ms (connections.max.idle.ms)",
+                self._peer,
+                idle_ms,
+            )
+            self._close_for("connections.max.idle.ms")
+        elif idle_ms >= _MAX_SWEEP_INTERVAL_S * 1000 and len(self._buffer) > _RECEIVE_BUFFER:
+            self._replace_buffer(_RECEIVE_BUFFER)
 
     # --- request handling --------------------------------------------------------------
 
@@ -226,27 +421,55 @@ class _Connection(asyncio.BufferedProtocol):
                     self._frame_ready.clear()
                     await self._frame_ready.wait()
                 frame = self._frames.popleft()
-                if self._reading_paused and len(self._frames) < _MAX_QUEUED_FRAMES // 2:
-                    assert self._transport is not None
-                    self._transport.resume_reading()
-                    self._reading_paused = False
-                response = await self._answer(memoryview(frame))
-                if response is None:
-                    continue
+                if len(self._frames) < _MAX_QUEUED_FRAMES // 2:
+                    self._resume("queue")
+                self._handling = True
+                try:
+                    await self._respond(frame)
+                finally:
+                    self._handling = False
+                    self._last_active = self._clock()
+                    self._give_back(4 + len(frame))
+                    if isinstance(frame, memoryview):
+                        self._frame_maps.recycle(frame)
+                    del frame
                 if self._transport is None or self._transport.is_closing():
                     return
-                self._transport.write(response)
-                await self._can_write.wait()
         except asyncio.CancelledError:
             pass
         except _CloseConnection as reason:
             log.info("closing connection from %s: %s", self._peer, reason)
             self.close()
+        except AuthenticationFailed as failed:
+            log.info("closing connection from %s: %s", self._peer, failed)
+            if failed.response is not None and self._transport is not None:
+                self._transport.write(failed.response)
+            self.close()
         except Exception:
             log.exception("closing connection from %s after an internal error", self._peer)
             self.close()
 
+    async def _respond(self, frame: memoryview | bytes) -> None:
+        """Answer one frame and write the response (none for produce with acks=0)."""
+        response = await self._answer(memoryview(frame))
+        if response is None or self._transport is None or self._transport.is_closing():
+            return
+        self._transport.write(response)
+        await self._can_write.wait()
+
+    def _give_back(self, size: int) -> None:
+        """Return an answered request's bytes to the budget (a closed connection already
+        returned all it held)."""
+        if not self._lost:
+            self._held -= size
+            self._whole -= size
+            self._budget.answered(size)
+
     async def _answer(self, frame: memoryview) -> bytes | None:
+        session = self.authentication
+        if session is not None and session.expects_raw_token:
+            token = session.raw_token(bytes(frame))
+            return _SIZE.pack(len(token)) + token
         try:
             request = decode_request(frame, self._dispatcher.supported_versions)
         except UnsupportedRequest as unsupported:
@@ -254,7 +477,13 @@ class _Connection(asyncio.BufferedProtocol):
                 return _unsupported_api_versions(unsupported, self._dispatcher.api_versions_body())
             raise _CloseConnection(str(unsupported)) from None
         except MalformedRequest as malformed:
+            # Kafka closes a connection whose request it cannot parse; so do we.
+            self._dispatcher.malformed_request(malformed.api_key)
             raise _CloseConnection(str(malformed)) from None
+        if session is not None:
+            answer = session.answer(request)
+            if answer is not None:
+                return encode_response(request, answer)
         body = await self._dispatcher.handle(request)
         if body is None:
             return None
@@ -263,6 +492,59 @@ class _Connection(asyncio.BufferedProtocol):
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
+
+    def _close_for(self, setting: str) -> None:
+        """Close because of a limit, counted by the setting that set it."""
+        self._quotas.closed[setting] += 1
+        self.close()
+
+
+class _FrameMaps:
+    """Anonymous maps for frames larger than a receive buffer, reused once their frame
+    has been answered: each page of a fresh map costs a fault and the kernel's zeroing
+    when first written (several times what receiving a megabyte costs), a reused page
+    nothing. A bounded few idle maps are kept; the rest are unmapped, which gives their
+    memory back to the system at once."""
+
+    def __init__(self) -> None:
+        self._idle: list[mmap.mmap] = []
+        self._idle_bytes = 0
+
+    def take(self, size: int, capacity: int) -> mmap.mmap:
+        """A map for a frame of ``size`` bytes, at least ``capacity`` long: the smallest
+        idle one that holds the whole frame, else the largest, else a new one."""
+        if not self._idle:
+            return mmap.mmap(-1, capacity, flags=mmap.MAP_PRIVATE)
+        fitting = [frame_map for frame_map in self._idle if len(frame_map) >= size]
+        chosen = min(fitting, key=len) if fitting else max(self._idle, key=len)
+        self._idle.remove(chosen)
+        self._idle_bytes -= len(chosen)
+        if len(chosen) < capacity:
+            chosen.resize(capacity)
+        return chosen
+
+    def recycle(self, frame: memoryview) -> None:
+        """Keep the map under an answered frame, unless something still reads it."""
+        frame_map = frame.obj
+        try:
+            frame.release()
+        except BufferError:
+            return
+        if isinstance(frame_map, mmap.mmap):
+            self.give(frame_map)
+
+    def give(self, frame_map: mmap.mmap) -> None:
+        if (
+            len(self._idle) >= _IDLE_FRAME_MAPS
+            or self._idle_bytes + len(frame_map) > _IDLE_FRAME_MAP_BYTES
+        ):
+            return
+        try:
+            frame_map.resize(len(frame_map))  # refused while a view of the map is alive
+        except BufferError:
+            return
+        self._idle.append(frame_map)
+        self._idle_bytes += len(frame_map)
 
 
 class _CloseConnection(Exception):

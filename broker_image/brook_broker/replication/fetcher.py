@@ -1,7 +1,9 @@
 """A replica fetcher: follows every partition this broker replicates from one leader broker.
 
-One task and one connection per leader broker. Each round it first truncates the
-partitions that just started following (or found their log ahead of the leader's):
+One task and one connection per leader broker, to its internal listener (authenticated
+with the cluster secret: the client listener refuses follower fetches). Each round it
+first truncates the partitions that just started following (or found their log ahead
+of the leader's):
 OffsetForLeaderEpoch tells where this replica's latest leader epoch ends in the
 leader's log, and everything from there on is cut. Then one Fetch (v12, with this
 broker's id as ``replica_id``) asks for all the other partitions from their log end

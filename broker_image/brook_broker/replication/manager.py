@@ -211,7 +211,7 @@ class ReplicaManager:
             fetcher = ReplicaFetcher(
                 self.node_id,
                 leader_id,
-                (broker.host, broker.port),
+                broker.internal_address,
                 connect=self._connect,
                 clock=self._clock,
             )
@@ -224,7 +224,7 @@ class ReplicaManager:
         brokers = self.quorum.state.brokers
         for leader_id, fetcher in list(self._fetchers.items()):
             broker = brokers.get(leader_id)
-            if broker is None or (broker.host, broker.port) != fetcher.address:
+            if broker is None or broker.internal_address != fetcher.address:
                 for partition in list(fetcher.partitions.values()):
                     fetcher.remove(partition)
                 self._retire(leader_id)

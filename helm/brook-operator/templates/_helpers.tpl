@@ -90,6 +90,10 @@ pods it restarts one at a time), and the Events it reports.
 - apiGroups: [""]
   resources: [pods, persistentvolumeclaims]
   verbs: [get, list, watch]
+# Each Broker's cluster secret: made once, adopted if it exists; never listed or watched.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create, patch]
 - apiGroups: [""]
   resources: [pods]
   verbs: [delete]

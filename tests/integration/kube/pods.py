@@ -10,6 +10,9 @@ sets' status; the kubelet runs the single container of every Pod as a local proc
   ``configMapKeyRef``/``secretKeyRef``, ``envFrom``, ``$(VAR)`` expansion;
 - volumes are directories: a PVC's outlives its pods; the process runs in a private mount
   namespace where each directory is bind-mounted at the container's ``mountPath``;
+  a ``configMap`` or ``secret`` volume holds a file per key (or per ``items`` entry) with
+  its ``defaultMode`` (or the item's ``mode``), and is mounted read-only, as a kubelet
+  does; so is any volume mounted ``readOnly``;
 - like a kubelet, it points every pod at the API server (``KUBERNETES_SERVICE_HOST`` and
   ``_PORT``, over TLS) and, unless ``automountServiceAccountToken`` is false, mounts its
   ServiceAccount's token, the CA and the namespace at the usual path; what the token may
@@ -54,8 +57,11 @@ SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 _MOUNT_SCRIPT = (
     'while [ "$1" != -- ]; do mkdir -p "$2" && mount --bind "$1" "$2" || exit 125; '
-    'shift 2; done; shift; exec "$@"'
+    'if [ "$3" = ro ]; then mount -o remount,bind,ro "$2" || exit 125; fi; '
+    'shift 3; done; shift; exec "$@"'
 )
+_DEFAULT_MODE = 0o644
+"""A configMap or secret volume's files without a ``defaultMode``, as in Kubernetes."""
 
 
 class ContainerConfigError(Exception):
@@ -476,7 +482,9 @@ class PodRunner:
         pod["status"] = status
         self.store.replace(self._kinds["pods"], namespace, name, pod, "status")
 
-    def launch_plan(self, pod: Object) -> tuple[list[str], dict[str, str], list[tuple[Path, str]]]:
+    def launch_plan(
+        self, pod: Object
+    ) -> tuple[list[str], dict[str, str], list[tuple[Path, str, bool]]]:
         """The argv (with its mount wrapper), env and mounts of the pod's first container."""
         meta, spec = pod["metadata"], pod["spec"]
         namespace = meta["namespace"]
@@ -502,7 +510,7 @@ class PodRunner:
             )
         mounts = self._mounts(pod, container)
         if self._automounts_token(pod):
-            mounts.append((self._service_account_dir(pod), SERVICE_ACCOUNT_PATH))
+            mounts.append((self._service_account_dir(pod), SERVICE_ACCOUNT_PATH, True))
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.root),
@@ -512,8 +520,12 @@ class PodRunner:
             **variables,
         }
         wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _MOUNT_SCRIPT]
-        pairs = [str(part) for source, target in mounts for part in (source, target)]
-        return [*wrapper, "mounts", *pairs, "--", *command, *args], env, mounts
+        triples = [
+            str(part)
+            for source, target, read_only in mounts
+            for part in (source, target, "ro" if read_only else "rw")
+        ]
+        return [*wrapper, "mounts", *triples, "--", *command, *args], env, mounts
 
     def _source_data(self, namespace: str, source: Object) -> dict[str, str]:
         if "configMapRef" in source:
@@ -589,7 +601,8 @@ class PodRunner:
         (directory / "namespace").write_text(account.namespace)
         return directory
 
-    def _mounts(self, pod: Object, container: Object) -> list[tuple[Path, str]]:
+    def _mounts(self, pod: Object, container: Object) -> list[tuple[Path, str, bool]]:
+        """(directory, mountPath, read-only) for each of the container's volumeMounts."""
         namespace = pod["metadata"]["namespace"]
         volumes = {volume["name"]: volume for volume in pod["spec"].get("volumes") or []}
         instance_dir = self._instance_dir(pod)
@@ -598,24 +611,41 @@ class PodRunner:
             volume = volumes.get(mount["name"])
             if volume is None:
                 raise ContainerConfigError(f'volume "{mount["name"]}" is not in the pod')
+            read_only = bool(mount.get("readOnly"))
             if "persistentVolumeClaim" in volume:
                 source = self.volume_dir(namespace, volume["persistentVolumeClaim"]["claimName"])
             elif "configMap" in volume or "secret" in volume:
-                kind = "configMap" if "configMap" in volume else "secret"
-                ref_name = volume[kind].get("name") or volume[kind].get("secretName")
-                ref_key = "configMapRef" if kind == "configMap" else "secretRef"
-                data = self._source_data(namespace, {ref_key: {"name": ref_name}})
                 source = instance_dir / "volumes" / mount["name"]
-                source.mkdir(parents=True, exist_ok=True)
-                for key, value in data.items():
-                    (source / key).write_text(value)
+                self._write_key_files(namespace, volume, source)
+                read_only = True
             else:  # emptyDir and anything else: a directory of this pod only
                 source = instance_dir / "volumes" / mount["name"]
             if mount.get("subPath"):
                 source = source / mount["subPath"]
             source.mkdir(parents=True, exist_ok=True)
-            mounts.append((source, mount["mountPath"]))
+            mounts.append((source, mount["mountPath"], read_only))
         return mounts
+
+    def _write_key_files(self, namespace: str, volume: Object, directory: Path) -> None:
+        """A configMap or secret volume's files, from the object as it is now."""
+        kind = "configMap" if "configMap" in volume else "secret"
+        source = volume[kind]
+        ref_key = "configMapRef" if kind == "configMap" else "secretRef"
+        name = source.get("name") or source.get("secretName")
+        optional = bool(source.get("optional", False))
+        data = self._source_data(namespace, {ref_key: {"name": name, "optional": optional}})
+        items = source.get("items") or [{"key": key, "path": key} for key in sorted(data)]
+        directory.mkdir(parents=True, exist_ok=True)
+        for item in items:
+            if item["key"] not in data:
+                if optional:
+                    continue
+                raise ContainerConfigError(f'key "{item["key"]}" not in {kind} {name}')
+            path = directory / item["path"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
+            path.write_text(data[item["key"]])
+            path.chmod(item.get("mode", source.get("defaultMode", _DEFAULT_MODE)))
 
 
 class PodInstance:
