@@ -63,7 +63,7 @@ class RecordingProxy:
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.port = free_port()
-        self.frames: list[bytes] = []
+        self._frames: list[bytes] = []
         self._lock = threading.Lock()
         self._listener = socket.create_server((HOST, self.port))
         self._listener.settimeout(0.2)
@@ -74,6 +74,10 @@ class RecordingProxy:
     @property
     def address(self) -> str:
         return f"{HOST}:{self.port}"
+
+    def recorded(self) -> list[bytes]:
+        with self._lock:
+            return list(self._frames)
 
     def __enter__(self) -> RecordingProxy:
         self._spawn(self._accept)
@@ -120,7 +124,7 @@ class RecordingProxy:
                     while len(pending) >= 4 and len(pending) >= 4 + _SIZE.unpack_from(pending)[0]:
                         size = _SIZE.unpack_from(pending)[0]
                         with self._lock:
-                            self.frames.append(bytes(pending[4 : 4 + size]))
+                            self._frames.append(bytes(pending[4 : 4 + size]))
                         del pending[: 4 + size]
         except OSError:
             pass
@@ -139,8 +143,7 @@ def capture_client_frames(directory: Path, topic_prefix: str) -> list[bytes]:
         broker.start()
         stack.callback(broker.stop)
         _client_session(proxy.address, topic_prefix)
-        with proxy._lock:
-            return list(proxy.frames)
+        return proxy.recorded()
 
 
 def _client_session(bootstrap: str, prefix: str) -> None:

@@ -193,7 +193,6 @@ def test_spoofed_follower_fetch_moves_no_high_watermark(start_cluster: StartClus
         )
 
 
-@pytest.mark.slow
 def test_a_broker_with_a_wrong_secret_does_not_join(cluster: Cluster, tmp_path: Path) -> None:
     before = cluster.view("t")
     wrong = tmp_path / "wrong.secret"

@@ -12,7 +12,7 @@ from typing import Any
 
 from brook_broker.protocol import codec
 from brook_broker.protocol.quotas import MIN_READ, ConnectionQuotas
-from brook_broker.protocol.server import KafkaServer
+from brook_broker.protocol.server import KafkaServer, _FrameMaps
 
 from .test_protocol_server import (
     FakeTransport,
@@ -138,15 +138,17 @@ async def test_the_receive_buffer_grows_under_load_and_shrinks_back_at_rest() ->
 
 async def test_frames_cut_at_every_byte_still_decode() -> None:
     stream = produce_frame(1, 10) + produce_frame(2, 6_000) + produce_frame(3, 300)
+    runs = []
     for cut in range(1, len(stream)):
         dispatcher = RecordingDispatcher()
         connection, transport = connect(KafkaServer(dispatcher, limits()))
         send(connection, transport, stream[:cut])
         send(connection, transport, stream[cut:])
-        await settle()
+        runs.append((cut, dispatcher, transport))
+    await settle()
+    for cut, dispatcher, transport in runs:
         assert dispatcher.seen == [(1, 10), (2, 6_000), (3, 300)], cut
-        assert correlation_ids(bytes(transport.written)) == [1, 2, 3]
-        connection.connection_lost(None)
+        assert correlation_ids(bytes(transport.written)) == [1, 2, 3], cut
     dispatcher = RecordingDispatcher()
     connection, transport = connect(KafkaServer(dispatcher, limits()))
     for index in range(len(stream)):
@@ -293,3 +295,16 @@ def test_connections_over_max_connections_are_closed_at_once() -> None:
     asyncio.run(run())
     assert quotas.refused == {"max.connections": 1}
     assert quotas.open_connections == 2
+
+
+def test_the_map_of_a_frame_is_reused_only_once_nothing_reads_it() -> None:
+    maps = _FrameMaps()
+    first = maps.take(100_000, 100_000)
+    frame = memoryview(first)[:100_000].toreadonly()
+    still_read = frame[10:20]
+    maps.recycle(frame)
+    second = maps.take(100_000, 100_000)
+    assert second is not first
+    del still_read
+    maps.recycle(memoryview(second).toreadonly())
+    assert maps.take(100_000, 100_000) is second

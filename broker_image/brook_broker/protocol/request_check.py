@@ -118,7 +118,7 @@ def _entity(
             steps.append(compiled.after(fixed))
             fixed = 0
     if flexible:
-        steps.append(_after(fixed, _tagged_fields(tagged)) if fixed else _tagged_fields(tagged))
+        steps.append(_Compiled(1, _tagged_fields(tagged)).after(fixed))
         min_size += 1
     elif fixed or not steps:
         steps.append(_skip(fixed))

@@ -267,8 +267,8 @@ class _Connection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._frame is not None:
             if self._frame_filled == len(self._frame):
-                # Linux remaps a private map: no copy, the new pages unbacked until written.
-                self._frame.resize(min(self._frame_size, 2 * len(self._frame)))
+                capacity = min(self._frame_size, 2 * len(self._frame))
+                self._frame = _grown(self._frame, self._frame_filled, capacity)
             view = memoryview(self._frame)[self._frame_filled : self._frame_size]
         else:
             if self._end == len(self._buffer):
@@ -519,9 +519,7 @@ class _FrameMaps:
         chosen = min(fitting, key=len) if fitting else max(self._idle, key=len)
         self._idle.remove(chosen)
         self._idle_bytes -= len(chosen)
-        if len(chosen) < capacity:
-            chosen.resize(capacity)
-        return chosen
+        return chosen if len(chosen) >= capacity else _grown(chosen, 0, capacity)
 
     def recycle(self, frame: memoryview) -> None:
         """Keep the map under an answered frame, unless something still reads it."""
@@ -541,10 +539,23 @@ class _FrameMaps:
             return
         try:
             frame_map.resize(len(frame_map))  # refused while a view of the map is alive
-        except BufferError:
+        except (BufferError, SystemError):  # SystemError: no mremap, no reuse (macOS)
             return
         self._idle.append(frame_map)
         self._idle_bytes += len(frame_map)
+
+
+def _grown(frame_map: mmap.mmap, filled: int, size: int) -> mmap.mmap:
+    """``frame_map`` made ``size`` bytes long. Linux remaps a private map in place: no
+    copy, the new pages unbacked until written. Without mremap (macOS) the ``filled``
+    bytes move to a new map."""
+    try:
+        frame_map.resize(size)
+    except SystemError:
+        grown = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+        grown[:filled] = frame_map[:filled]
+        return grown
+    return frame_map
 
 
 class _CloseConnection(Exception):
