@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
     if request.body.transactional_id is not None:
-        log.warning(
+        # Counted as an error of the API; info, not warning, so that a client retrying in
+        # a loop cannot flood the log at the default level.
+        log.info(
             "refused a transactional producer: transactions are not supported",
             extra={"transactional_id": request.body.transactional_id},
         )
