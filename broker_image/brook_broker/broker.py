@@ -105,14 +105,15 @@ class Broker:
         self._kafka = KafkaServer(Dispatcher(context), quotas.limits, quotas)
         self.kafka_address = await self._kafka.start(*config.listen_address)
         context.bound(self.kafka_address)
-        # Other brokers' requests: exempt from max.connections (as Kafka's inter-broker
-        # listener is) and with a request budget of their own, so that no client flood
-        # holds up replication and heartbeats.
+        # Other brokers' requests: connections counted apart from clients' (so that no
+        # client flood takes the brokers' places, as Kafka protects its inter-broker
+        # listener) and a request budget of their own, so that no client flood holds up
+        # replication and heartbeats. Still at most max.connections of them: anyone who
+        # reaches the port can connect before authenticating, and unbounded that would
+        # spend the process's file descriptors.
         self._internal = KafkaServer(
             Dispatcher(context, internal=True, sasl=credentials is not None),
-            dataclasses.replace(
-                quotas.limits, max_connections=UNLIMITED, max_connections_per_ip=UNLIMITED
-            ),
+            dataclasses.replace(quotas.limits, max_connections_per_ip=UNLIMITED),
             authenticator=None
             if credentials is None
             else PlainAuthenticator({credentials.username: credentials.password}),

@@ -199,7 +199,7 @@ _HELP = {
     "connections_max_idle_ms": "connections.max.idle.ms: close a connection idle this long "
     "(-1: never)",
     "max_connections": "max.connections: connections open at once; more are closed at once "
-    "(-1: no limit)",
+    "(-1: no limit); the internal listener counts its own",
     "max_connections_per_ip": "max.connections.per.ip: connections open at once from one client "
     "address; more are closed at once (-1: no limit)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",

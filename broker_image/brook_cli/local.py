@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import json
 import os
 import secrets
@@ -201,21 +202,44 @@ class BrokerFailed(Exception):
     """A broker exited, or did not become ready in time; the message says which and why."""
 
 
-def ensure_cluster_secret(path: Path) -> None:
-    """Make the cluster secret file (random, readable by its owner only) unless it exists:
-    the same data root keeps its secret across runs, so a broker restarted alone still
-    matches the others. Linked into place whole, so a broker never reads half of it."""
-    if path.exists():
-        return
+def ensure_cluster_secret(path: Path, secret: str | None = None) -> str:
+    """The cluster secret in ``path``, made (random, readable by its owner only) unless the
+    file exists: the same data root keeps its secret across runs, so a broker restarted
+    alone still matches the others. Given the ``secret`` the running brokers were started
+    with, a file that no longer holds it (deleted, emptied or replaced meanwhile) is
+    written again with it: a broker restarted with another secret could never rejoin.
+    Raises OSError for a file that cannot be read, ValueError for an empty one."""
+    try:
+        held: str | None = path.read_text().strip()
+    except FileNotFoundError:
+        held = None
+    if secret is not None:
+        if held != secret:
+            _write_secret(path, secret, replace=True)
+        return secret
+    if held is None:
+        _write_secret(path, secrets.token_urlsafe(32), replace=False)
+        held = path.read_text().strip()
+    if not held:
+        raise ValueError("the file is empty; remove it to have a new secret made")
+    return held
+
+
+def _write_secret(path: Path, secret: str, *, replace: bool) -> None:
+    """Put ``secret`` into ``path`` whole, so a broker never reads half of it. Without
+    ``replace`` a file made meanwhile by another start wins: that one is the secret."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as file:
-        file.write(secrets.token_urlsafe(32))
+        file.write(secret)
+    if replace:
+        temporary.replace(path)
+        return
     try:
         os.link(temporary, path)
     except FileExistsError:
-        pass  # made meanwhile by another start: that one is the secret
+        pass
     finally:
         temporary.unlink()
 
@@ -232,11 +256,19 @@ class BrokerProcess:
     spec: BrokerSpec
     stderr: IO[bytes] | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    cluster_secret: str | None = field(default=None, init=False, repr=False)
+    """The secret of the first start; every later start gets the same one."""
 
     def start(self) -> None:
+        """Raises BrokerFailed if the cluster secret file is unusable, OSError if the
+        process cannot be spawned."""
         self.spec.data_dir.mkdir(parents=True, exist_ok=True)
-        if self.spec.cluster_secret_file is not None:
-            ensure_cluster_secret(self.spec.cluster_secret_file)
+        path = self.spec.cluster_secret_file
+        if path is not None:
+            try:
+                self.cluster_secret = ensure_cluster_secret(path, self.cluster_secret)
+            except (OSError, ValueError) as error:
+                raise BrokerFailed(f"cluster secret {path}: {error}") from None
         self.process = subprocess.Popen(
             self.spec.command(),
             stdin=subprocess.DEVNULL,
@@ -320,6 +352,26 @@ def stop_all(brokers: Sequence[BrokerProcess], timeout: float) -> list[int]:
         for broker in running
         if broker.wait_or_kill(deadline - time.monotonic()) is None
     ]
+
+
+LOCK_FILE = "local.lock"
+"""In the data root: locked (``flock``) by the ``brook local up`` that runs from it."""
+
+
+def lock_data_root(data_dir: Path) -> int | None:
+    """Take the data root for this process: a second ``brook local up`` on it, even one
+    started before the first wrote cluster.json and on other ports, would run brokers
+    on the same logs and Raft journals, and they would remove each other's partitions.
+    Returns the descriptor that holds the lock (closing it, or the process ending,
+    releases it), or None if another process holds it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return None
+    return descriptor
 
 
 def cluster_file(data_dir: Path) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import textwrap
@@ -37,6 +38,7 @@ from .local import (
     addresses_in_use,
     bootstrap_servers,
     cluster_file,
+    lock_data_root,
     plan_cluster,
     running_broker_pids,
     stop_all,
@@ -248,6 +250,18 @@ class _StopRequest:
 
 
 def local_up(options: argparse.Namespace, specs: Sequence[BrokerSpec]) -> int:
+    data_dir: Path = options.data_dir
+    lock = lock_data_root(data_dir)
+    if lock is None:
+        _say(f"another 'brook local up' runs from {data_dir}; stop it or choose another --data-dir")
+        return 1
+    try:
+        return _run_cluster(options, specs)
+    finally:
+        os.close(lock)
+
+
+def _run_cluster(options: argparse.Namespace, specs: Sequence[BrokerSpec]) -> int:
     data_dir: Path = options.data_dir
     already = running_broker_pids(data_dir)
     if already:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .local import BrokerSpec, describe_exit
+from .local import BrokerFailed, BrokerSpec, describe_exit
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,8 @@ class Supervised(Protocol):
     @property
     def pid(self) -> int: ...
 
-    def start(self) -> None: ...
+    def start(self) -> None:
+        """Raises OSError or BrokerFailed when the broker cannot be started."""
 
     def exit_code(self) -> int | None: ...
 
@@ -135,7 +136,7 @@ class Supervisor:
         watch.started_at = now
         try:
             watch.broker.start()
-        except OSError as error:
+        except (OSError, BrokerFailed) as error:
             self._died(watch, f"could not be started ({error})", now)
             return
         self._say(f"broker {watch.broker.spec.node_id} restarted (pid {watch.broker.pid})")

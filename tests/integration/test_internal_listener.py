@@ -10,6 +10,7 @@ records it did not, moving the high watermark past them.
 from __future__ import annotations
 
 import datetime
+import struct
 import time
 import urllib.error
 import urllib.request
@@ -20,16 +21,22 @@ import pytest
 from kio.schema.api_versions.v3.request import ApiVersionsRequest
 from kio.schema.broker_heartbeat.v1.request import BrokerHeartbeatRequest
 from kio.schema.fetch.v12.request import FetchPartition, FetchRequest, FetchTopic
-from kio.schema.metadata.v12.request import MetadataRequest
+from kio.schema.metadata.v12.request import MetadataRequest, MetadataRequestTopic
 from kio.schema.sasl_authenticate.v2.request import SaslAuthenticateRequest
 from kio.schema.sasl_handshake.v0.request import SaslHandshakeRequest as SaslHandshakeV0
 from kio.schema.sasl_handshake.v1.request import SaslHandshakeRequest
 from kio.schema.types import BrokerId
 
-from .brokers import BrokerProcess, KafkaConnection, encode_request, wait_until
+from .brokers import (
+    BrokerProcess,
+    ConnectionClosed,
+    KafkaConnection,
+    encode_request,
+    wait_until,
+)
 from .clients import create_topic, list_offset
 from .cluster import Cluster, ClusterView
-from .conftest import StartCluster
+from .conftest import StartBroker, StartCluster
 
 CLUSTER_AUTHORIZATION_FAILED = 31
 UNSUPPORTED_SASL_MECHANISM = 33
@@ -38,6 +45,8 @@ SASL_HANDSHAKE, BROKER_HEARTBEAT = 17, 63
 API_VERSIONS = ApiVersionsRequest(client_software_name="test", client_software_version="1")
 SESSION_TIMEOUT_S = 1.5
 """The brokers' default --broker-session-timeout-ms."""
+SASL_SERVER_MAX_RECEIVE_SIZE = 512 * 1024
+"""Kafka's sasl.server.max.receive.size: the largest frame before authentication."""
 
 
 def heartbeat(broker_id: int, epoch: int, *, want_shut_down: bool) -> BrokerHeartbeatRequest:
@@ -215,3 +224,70 @@ def test_a_broker_with_a_wrong_secret_does_not_join(cluster: Cluster, tmp_path: 
         assert producer.flush(15) == 0
     finally:
         stranger.stop()
+
+
+def test_a_peer_that_has_not_authenticated_cannot_send_a_large_frame(
+    start_broker: StartBroker,
+) -> None:
+    # Before the limit, a frame promising 100 MB was read (and held) from anyone who
+    # reached the internal listener, until socket.request.timeout.ms.
+    broker = start_broker("--cluster-secret", "the secret")
+    too_large = struct.pack(">i", SASL_SERVER_MAX_RECEIVE_SIZE + 1) + bytes(1000)
+    with KafkaConnection(broker.internal_address) as connection:
+        connection.send_raw(too_large)
+        assert closed_within(connection, 5.0), "closed before reading the frame"
+    with KafkaConnection(broker.internal_address) as connection:
+        assert connection.request(SaslHandshakeRequest(mechanism="PLAIN")).error_code == 0
+        connection.send_raw(too_large)
+        assert closed_within(connection, 5.0), "also between the handshake and the token"
+    # Once authenticated, frames up to socket.request.max.bytes are taken again.
+    names = tuple(f"no-such-topic-{index:030d}" for index in range(20_000))
+    request = MetadataRequest(
+        topics=tuple(MetadataRequestTopic(name=name, topic_id=None) for name in names),
+        allow_auto_topic_creation=False,
+        include_topic_authorized_operations=False,
+    )
+    with KafkaConnection(broker.internal_address) as connection:
+        assert authenticate(connection, "the secret") == 0
+        frame = encode_request(request, connection.next_correlation_id())
+        assert len(frame) > SASL_SERVER_MAX_RECEIVE_SIZE
+        connection.send_frame(frame)
+        connection.read_frame()  # answered, not closed
+        assert connection.request(API_VERSIONS).error_code == 0
+
+
+def closed_within(connection: KafkaConnection, timeout: float) -> bool:
+    """True if the broker closes the connection within ``timeout`` seconds."""
+    try:
+        return connection.is_closed_by_peer(timeout)
+    except TimeoutError:
+        return False
+
+
+def test_connections_to_the_internal_listener_are_bounded(start_broker: StartBroker) -> None:
+    # Before the bound, anyone who reached the internal port could hold as many
+    # unauthenticated connections as the broker had file descriptors (19,970 were held).
+    limit = 30
+    broker = start_broker("--cluster-secret", "the secret", "--max-connections", str(limit))
+    admitted: list[KafkaConnection] = []
+    refused = 0
+    try:
+        for address in [broker.address] * limit + [broker.internal_address] * (limit + 10):
+            connection = KafkaConnection(address)
+            try:
+                assert connection.request(API_VERSIONS).error_code == 0
+            except (ConnectionClosed, ConnectionResetError):
+                connection.close()
+                refused += 1
+                continue
+            admitted.append(connection)
+        # The clients' connections (all admitted) do not take the brokers' places; the
+        # broker's own connection to its internal listener may take one of them.
+        internal = [c for c in admitted if c.sock.getpeername()[1] == broker.internal_port]
+        assert limit - 1 <= len(internal) <= limit, len(internal)
+        assert len(admitted) - len(internal) == limit
+        assert refused >= 10
+        assert is_ready(broker)
+    finally:
+        for connection in admitted:
+            connection.close()

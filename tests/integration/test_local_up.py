@@ -23,12 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import confluent_kafka
 import pytest
 from brook_cli.local import CONTROLLER_PORT_OFFSET, HTTP_PORT_OFFSET, INTERNAL_PORT_OFFSET
 
 from .brokers import KafkaConnection, free_cluster_port, wait_until
 from .clients import create_topic
-from .cluster import ClusterView, SequenceProducer, check_acknowledged, describe, read_back
+from .cluster import (
+    ClusterView,
+    SequenceProducer,
+    check_acknowledged,
+    describe,
+    read_back,
+    sequence_value,
+)
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
@@ -213,6 +221,27 @@ def test_a_taken_port_is_reported(cluster: LocalCluster, tmp_path: Path) -> None
     assert f"already in use: 127.0.0.1:{cluster.port}" in second.stderr
 
 
+def test_a_second_local_up_on_the_same_data_root_is_refused(tmp_path: Path) -> None:
+    """Also while the first is still starting (no cluster.json yet) and on other ports:
+    two clusters on one data root would write the same logs."""
+    data_dir = tmp_path / "local"
+    first = LocalCluster(data_dir)
+    try:
+        wait_until(lambda: (data_dir / "broker-0").exists(), START_TIMEOUT_S, interval=0.01)
+        second = subprocess.run(
+            local_up(data_dir, free_cluster_port(BROKERS)),
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT_S,
+        )
+        assert second.returncode == 1, second.stderr
+        assert second.stdout == ""
+        assert f"another 'brook local up' runs from {data_dir}" in second.stderr
+        assert first.bootstrap_line().startswith(f"bootstrap: 127.0.0.1:{first.port},")
+    finally:
+        assert first.stop() == 0
+
+
 def test_a_broker_that_cannot_start_fails_the_command(tmp_path: Path) -> None:
     result = subprocess.run(
         local_up(tmp_path / "local", free_cluster_port(1), "--brokers", "1", "--", "--no-such"),
@@ -223,6 +252,33 @@ def test_a_broker_that_cannot_start_fails_the_command(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert "broker 0 exited with code 2 before it was ready; stopping the cluster" in result.stderr
+
+
+def test_a_broker_restarted_after_its_secret_file_was_removed_rejoins(
+    cluster: LocalCluster,
+) -> None:
+    """The restarted broker gets the secret the others run with, not a new one that would
+    lock it out of the quorum and the internal listeners for good."""
+    cluster.bootstrap_line()
+    secret_file = cluster.data_dir / "cluster.secret"
+    secret = secret_file.read_text()
+    secret_file.unlink()
+    killed = cluster.kill9(1)
+    wait_until(
+        lambda: cluster.pid(1) not in (None, killed) and ready(cluster, 1),
+        20,
+        message=f"broker 1 back and ready; stderr:\n{cluster.stderr()}",
+    )
+    assert secret_file.read_text() == secret
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+
+
+def ready(cluster: LocalCluster, node_id: int) -> bool:
+    """``serves``, and False while the broker does not answer at all."""
+    try:
+        return serves(cluster, node_id)
+    except OSError:
+        return False
 
 
 def serves(cluster: LocalCluster, node_id: int) -> bool:
@@ -378,6 +434,39 @@ def test_a_killed_broker_is_restarted_and_nothing_acknowledged_is_lost(
         assert f"broker {recovery.broker} was killed by SIGKILL; restarting it in 1 s" in stderr
         assert f"broker {recovery.broker} restarted (pid {recovery.new_pid})" in stderr
     assert cluster.stop() == 0, stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_record_acknowledged_just_before_every_broker_is_killed_is_kept(
+    cluster: LocalCluster,
+) -> None:
+    """The topic was created moments before the kill, so the commit index the restarted
+    brokers had persisted is older than its creation: they must not take the new topic's
+    log for one of a deleted topic and remove it."""
+    bootstrap = cluster.bootstrap_line().removeprefix("bootstrap: ").strip()
+    delivered: list[tuple[int, int]] = []
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+    producer.list_topics(timeout=10)  # connected, so the kill follows the creation closely
+    create_topic(bootstrap, "just-made")
+    producer.produce(
+        "just-made",
+        sequence_value(7),
+        on_delivery=lambda error, message: (
+            delivered.append((message.partition(), message.offset())) if error is None else None
+        ),
+    )
+    assert producer.flush(20) == 0 and delivered == [(0, 0)]
+    killed = [cluster.kill9(node) for node in range(BROKERS)]
+    wait_until(
+        lambda: all(
+            cluster.pid(node) not in (None, killed[node]) and ready(cluster, node)
+            for node in range(BROKERS)
+        ),
+        40,
+        message=f"every broker back; stderr:\n{cluster.stderr()}",
+    )
+    assert read_back(bootstrap, "just-made", [0], timeout=30) == {0: [(0, 7)]}
 
 
 @pytest.mark.slow

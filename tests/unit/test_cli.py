@@ -156,6 +156,25 @@ def test_the_cluster_secret_is_made_once_for_the_owner_only(tmp_path: Path) -> N
     assert other.read_text() != secret
 
 
+def test_a_restart_gets_the_secret_the_cluster_runs_with(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.secret"
+    secret = ensure_cluster_secret(path)
+    assert secret == path.read_text()
+    for spoil in (path.unlink, lambda: path.write_text(""), lambda: path.write_text("other")):
+        spoil()
+        assert ensure_cluster_secret(path, secret) == secret
+        assert path.read_text() == secret
+        assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["cluster.secret"]
+
+
+def test_an_empty_secret_file_is_refused_on_a_first_start(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.secret"
+    path.write_text("\n")
+    with pytest.raises(ValueError, match="empty; remove it"):
+        ensure_cluster_secret(path)
+
+
 def test_a_broker_without_a_quorum_gets_no_quorum_flags() -> None:
     spec = BrokerSpec(node_id=0, data_dir=Path("d"), host="h", kafka_port=1, http_port=2)
     assert spec.controller_address is None

@@ -642,6 +642,21 @@ def test_max_broker_partitions_keeps_new_replicas_off_full_brokers() -> None:
     assert len(grow("t", 8, None, limits).partitions) == 8
 
 
+def test_max_broker_partitions_refuses_a_reassignment_onto_a_full_broker() -> None:
+    state = cluster(3)
+    limits = PartitionLimits(per_broker=2)
+    state.create_topic("full", topic_id(0), 0, 0, {}, [[0], [0]], limits)
+    state.create_topic("t", topic_id(1), 0, 0, {}, [[1], [2]], limits)
+    assert "Broker 0 would hold 3 partition replicas, but a broker may hold at most 2" in refused(
+        ErrorCode.policy_violation, state, state.alter_reassignment, "t", 0, [0], limits
+    )
+    assert state.reassignments() == {}
+    state.alter_reassignment("t", 0, [1, 2], limits)  # broker 2 has room for one more
+    assert state.reassignments() == {("t", 0): part(state)}
+    state.alter_reassignment("t", 0, [2, 1], limits)  # replacing it adds no replica
+    state.alter_reassignment("t", 0, None)
+
+
 def test_replication_factor_must_fit_the_usable_brokers() -> None:
     state = cluster(3)
     assert "only 3 broker(s) are registered" in refused(

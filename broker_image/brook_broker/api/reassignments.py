@@ -77,7 +77,9 @@ async def _reassign(
 ) -> ApiError | None:
     target = None if replicas is None else list(replicas)
     try:
-        await context.quorum.submit("alter_reassignment", name, index, target, timeout=timeout)
+        await context.quorum.submit(
+            "alter_reassignment", name, index, target, context.partition_limits, timeout=timeout
+        )
     except ApiError as error:
         return error
     return None

@@ -382,9 +382,17 @@ class ClusterState:
                 results[(name, index)] = None
         return results
 
-    def alter_reassignment(self, topic: str, partition: int, target: Sequence[int] | None) -> None:
+    def alter_reassignment(
+        self,
+        topic: str,
+        partition: int,
+        target: Sequence[int] | None,
+        limits: PartitionLimits | None = None,
+    ) -> None:
         """Start (or change) moving a partition to the ``target`` replicas, or cancel the
-        reassignment in progress with None.
+        reassignment in progress with None. A broker it adds must have room for one more
+        replica (``max.broker.partitions`` of ``limits``, the proposer's; not checked for a
+        command logged without them).
 
         While it runs, the replicas are the target followed by the replicas being
         removed; ``adding`` are the target replicas that were not replicas before it
@@ -396,6 +404,11 @@ class ClusterState:
             self._cancel_reassignment(state_topic, key, state)
             return
         wanted = self._checked_replicas(target)
+        added = [node for node in wanted if node not in state.replicas]
+        if limits is not None and added:
+            held = self._replica_counts()
+            for node in added:
+                limits.check_broker(node, held[node] + 1)
         if not set(wanted) ^ set(state.replicas) and key not in self.original_replicas:
             self._apply([(topic, partition, replace(state, replicas=wanted))])
             return

@@ -172,7 +172,8 @@ class MetadataQuorum:
 
     async def start(self) -> None:
         """Open the journal, join the quorum, and return once this node has applied
-        everything the leader has committed (a lone voter: once it elected itself)."""
+        everything the leader has committed, up to an entry of the leader's term (a lone
+        voter: once it elected itself and applied its own first entry)."""
         self._directory.mkdir(parents=True, exist_ok=True)
         others = [
             address for address in self._configured_voters.values() if address != self._self_address
@@ -192,7 +193,10 @@ class MetadataQuorum:
         self._ticker = asyncio.create_task(self._tick(), name="metadata quorum")
         role = "voter" if self._self_address is not None else "observer"
         log.info("joining the metadata quorum", extra={"role": role, "voters": others})
-        while not self._raft.isReady():
+        # pysyncobj is "ready" at the commit index the leader sends, which may be one it
+        # persisted before a restart: the logs of topics created after it would be taken
+        # for those of deleted topics and removed.
+        while not (self._raft.isReady() and self._raft.applied_current_term()):
             if self._ticker.done():
                 self._ticker.result()
             await asyncio.sleep(TICK_SECONDS)

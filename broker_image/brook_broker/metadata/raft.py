@@ -127,6 +127,15 @@ class RaftMember(SyncObj):
         )
         self._SyncObj__sendNextNodeIdx(node, nextNodeIdx=last_sent + 1, success=True)
 
+    def applied_current_term(self) -> bool:
+        """Whether this member has applied an entry of the current term (at least the
+        no-op a leader appends when elected). Only then has it applied every entry that
+        was committed before: a leader learns of its predecessors' commits only when it
+        commits an entry of its own term (Raft paper, 5.4.2), and until then it and its
+        followers take the commit index it had persisted, which after a restart of all
+        members can be older than commands that clients were answered for."""
+        return self._term_at(self.raftLastApplied) == self.raftCurrentTerm
+
     def _term_at(self, index: int) -> int | None:
         entries = self._SyncObj__getEntries(index, 1)
         return int(entries[0][2]) if entries else None

@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 UNLIMITED = -1
 REFUSAL_LOG_INTERVAL_S = 10.0
-"""At most one log line per refusal reason in this long: a flood must not flood the log."""
+"""At most one log line per reason to refuse or close connections in this long: a flood
+must not flood the log."""
 
 MIN_READ = 4 * 1024
 """A read granted even when the budget is used up, so that a reader that has not yet
@@ -173,19 +174,34 @@ class ConnectionQuotas:
         if not self._per_ip[host]:
             del self._per_ip[host]
 
+    def closed_for(self, setting: str, client: str, reason: str, level: int) -> None:
+        """Count a connection the broker closed because of ``setting``, and log it (at
+        most one line per setting per ``REFUSAL_LOG_INTERVAL_S``)."""
+        self.closed[setting] += 1
+        self._log(
+            level,
+            "connection closed",
+            f"closed:{setting}",
+            client=client,
+            limit=setting,
+            reason=reason,
+        )
+
     def _refuse(self, setting: str, limit: int, host: str) -> None:
         self.refused[setting] += 1
+        self._log(
+            logging.WARNING, "connection refused", setting, client=host, limit=f"{setting}={limit}"
+        )
+
+    def _log(self, level: int, message: str, key: str, **fields: str) -> None:
         now = self._clock()
-        last = self._last_logged.get(setting)
+        last = self._last_logged.get(key)
         if last is not None and now - last < REFUSAL_LOG_INTERVAL_S:
-            self._unlogged[setting] += 1
+            self._unlogged[key] += 1
             return
-        self._last_logged[setting] = now
-        log.warning(
-            "connection refused",
-            extra={
-                "client": host,
-                "limit": f"{setting}={limit}",
-                "also_refused_since_last_line": self._unlogged.pop(setting, 0),
-            },
+        self._last_logged[key] = now
+        log.log(
+            level,
+            message,
+            extra={**fields, "also_since_last_line": self._unlogged.pop(key, 0)},
         )

@@ -26,6 +26,9 @@ SASL_AUTHENTICATE = 36
 SASL_VERSIONS: Mapping[int, tuple[int, int]] = {SASL_HANDSHAKE: (0, 1), SASL_AUTHENTICATE: (0, 2)}
 PLAIN = "PLAIN"
 _INVALID = "Authentication failed: Invalid username or password"
+SASL_SERVER_MAX_RECEIVE_SIZE = 512 * 1024
+"""Kafka's ``sasl.server.max.receive.size`` (its default): the largest frame a connection
+may send before it has authenticated; a PLAIN token is a few hundred bytes."""
 
 
 @dataclass(frozen=True)

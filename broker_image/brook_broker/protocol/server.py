@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from contextvars import ContextVar
+from logging import INFO, WARNING
 from typing import Any, Protocol
 
 from .codec import (
@@ -41,7 +42,12 @@ from .codec import (
     encode_response,
 )
 from .quotas import UNLIMITED, ConnectionQuotas, ListenerLimits
-from .sasl import AuthenticationFailed, PlainAuthenticator, SaslSession
+from .sasl import (
+    SASL_SERVER_MAX_RECEIVE_SIZE,
+    AuthenticationFailed,
+    PlainAuthenticator,
+    SaslSession,
+)
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +216,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._frame_ready = asyncio.Event()
         self._can_write = asyncio.Event()
         self._can_write.set()
+        self._unsent = 0  # bytes of responses not yet taken, as of the last check
         self._paused: set[str] = set()  # why reading is paused: "queue", "budget"
         self._transport: asyncio.Transport | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -260,6 +267,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self._can_write.clear()
+        self._unsent = -1  # the idle clock starts at the next check
 
     def resume_writing(self) -> None:
         self._can_write.set()
@@ -307,15 +315,9 @@ class _Connection(asyncio.BufferedProtocol):
     def _split_frames(self) -> None:
         while self._end - self._start >= 4:
             size = _SIZE.unpack_from(self._buffer, self._start)[0]
-            if size < 0 or size > self._limits.socket_request_max_bytes:
-                log.warning(
-                    "closing connection from %s: request size %d is outside 0..%d "
-                    "(socket.request.max.bytes)",
-                    self._peer,
-                    size,
-                    self._limits.socket_request_max_bytes,
-                )
-                self._close_for("socket.request.max.bytes")
+            limit, setting = self._frame_limit()
+            if size < 0 or size > limit:
+                self._close_for(setting, f"request size {size} is outside 0..{limit}", WARNING)
                 return
             body_start = self._start + 4
             available = self._end - body_start
@@ -334,6 +336,15 @@ class _Connection(asyncio.BufferedProtocol):
             break
         if self._start == self._end:
             self._start = self._end = 0
+
+    def _frame_limit(self) -> tuple[int, str]:
+        """The largest frame accepted now, and the setting that says so. Until SASL
+        completes it is Kafka's ``sasl.server.max.receive.size``: a peer that has not
+        proven itself must not make the broker read and hold a 100 MB frame."""
+        session = self.authentication
+        if session is not None and session.principal is None:
+            return SASL_SERVER_MAX_RECEIVE_SIZE, "sasl.server.max.receive.size"
+        return self._limits.socket_request_max_bytes, "socket.request.max.bytes"
 
     def _make_room(self) -> None:
         """The receive buffer is full: double it if the last read filled all it was given
@@ -383,31 +394,30 @@ class _Connection(asyncio.BufferedProtocol):
     def check(self, now: float) -> None:
         """Close this connection if it is idle or late with a request, as of ``now``;
         shrink a grown receive buffer once the connection rests. Reading paused by the
-        broker stops both clocks."""
-        if self._paused or self._lost:
+        broker stops both clocks. A client that does not take its responses is idle
+        since it last took any bytes, whatever else is pending (as in Kafka): otherwise
+        it would keep the connection and the unsent response for as long as it liked."""
+        if self._lost:
             return
         limits = self._limits
-        if self._frame_began is not None:
-            waited_ms = (now - self._frame_began) * 1000
-            if UNLIMITED != limits.socket_request_timeout_ms <= waited_ms:
-                log.info(
-                    "closing connection from %s: request not complete after %d ms "
-                    "(socket.request.timeout.ms)",
-                    self._peer,
-                    waited_ms,
-                )
-                self._close_for("socket.request.timeout.ms")
-            return
-        if self._frames or self._handling:
-            return
+        if self._can_write.is_set():
+            if self._paused:
+                return
+            if self._frame_began is not None:
+                waited_ms = (now - self._frame_began) * 1000
+                if UNLIMITED != limits.socket_request_timeout_ms <= waited_ms:
+                    reason = f"request not complete after {waited_ms:.0f} ms"
+                    self._close_for("socket.request.timeout.ms", reason, INFO)
+                return
+            if self._frames or self._handling:
+                return
+        elif self._transport is not None:
+            unsent = self._transport.get_write_buffer_size()
+            if unsent != self._unsent:
+                self._unsent, self._last_active = unsent, now
         idle_ms = (now - self._last_active) * 1000
         if UNLIMITED != limits.connections_max_idle_ms <= idle_ms:
-            log.info(
-                "closing connection from %s: idle for %d ms (connections.max.idle.ms)",
-                self._peer,
-                idle_ms,
-            )
-            self._close_for("connections.max.idle.ms")
+            self._close_for("connections.max.idle.ms", f"idle for {idle_ms:.0f} ms", INFO)
         elif idle_ms >= _MAX_SWEEP_INTERVAL_S * 1000 and len(self._buffer) > _RECEIVE_BUFFER:
             self._replace_buffer(_RECEIVE_BUFFER)
 
@@ -475,6 +485,7 @@ class _Connection(asyncio.BufferedProtocol):
         except UnsupportedRequest as unsupported:
             if unsupported.api_key == API_VERSIONS_KEY:
                 return _unsupported_api_versions(unsupported, self._dispatcher.api_versions_body())
+            self._dispatcher.malformed_request(unsupported.api_key)
             raise _CloseConnection(str(unsupported)) from None
         except MalformedRequest as malformed:
             # Kafka closes a connection whose request it cannot parse; so do we.
@@ -493,10 +504,13 @@ class _Connection(asyncio.BufferedProtocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
-    def _close_for(self, setting: str) -> None:
-        """Close because of a limit, counted by the setting that set it."""
-        self._quotas.closed[setting] += 1
-        self.close()
+    def _close_for(self, setting: str, reason: str, level: int) -> None:
+        """Close because of a limit, counted by the setting that set it. Responses not
+        yet sent are dropped: a client that stopped reading would never take them, and
+        a closing transport waits for its buffer to drain."""
+        self._quotas.closed_for(setting, self._peer, reason, level)
+        if self._transport is not None:
+            self._transport.abort()
 
 
 class _FrameMaps:
