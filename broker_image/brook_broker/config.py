@@ -71,6 +71,7 @@ class BrokerConfig:
     max_partitions: int = 10_000
     # Protocol limits.
     socket_request_max_bytes: int = 100 * 1024 * 1024
+    fetch_max_bytes: int = 55 * 1024 * 1024
     socket_request_timeout_ms: int = 30_000
     queued_max_request_bytes: int = 256 * 1024 * 1024
     connections_max_idle_ms: int = 10 * 60 * 1000
@@ -192,14 +193,18 @@ _HELP = {
     "shutdown_timeout_ms": "after SIGTERM or SIGINT, exit without a clean stop if the broker "
     "has not stopped within this long (a blocked event loop cannot stop it)",
     "socket_request_max_bytes": "largest request frame accepted; larger ones close the connection",
+    "fetch_max_bytes": "fetch.max.bytes: most record bytes one Fetch answer holds, whatever "
+    "the request asks (consumers and followers alike); a larger first batch is still sent whole",
     "socket_request_timeout_ms": "a request must arrive whole within this long of its first "
-    "byte, else the connection is closed (-1: no limit)",
+    "byte, else the connection is closed (-1: no limit); on the internal listener a connection "
+    "must also authenticate within this long of connecting",
     "queued_max_request_bytes": "queued.max.request.bytes: bytes of requests received and not "
     "yet answered, over all connections; when used up, connections stop being read (-1: no limit)",
     "connections_max_idle_ms": "connections.max.idle.ms: close a connection idle this long "
     "(-1: never)",
     "max_connections": "max.connections: connections open at once; more are closed at once "
-    "(-1: no limit); the internal listener counts its own",
+    "(-1: no limit); the internal listener counts its own, at most half of them not yet "
+    "authenticated",
     "max_connections_per_ip": "max.connections.per.ip: connections open at once from one client "
     "address; more are closed at once (-1: no limit)",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
@@ -284,6 +289,7 @@ def load_config(
         "max_broker_partitions",
         "max_partitions",
         "shutdown_timeout_ms",
+        "fetch_max_bytes",
     ):
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")

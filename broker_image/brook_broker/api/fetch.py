@@ -9,7 +9,8 @@ A fetch that finds fewer than ``min_bytes`` waits, up to ``max_wait_ms``, for an
 or a move of the high watermark on one of its partitions, then reads again; without
 this consumers would spin. Byte limits follow KIP-74: the first batch of the first
 partition that has data is returned whole even when it is larger than the limits, so a
-consumer can always make progress; later partitions only get what still fits. There
+consumer can always make progress; later partitions only get what still fits. The
+request's ``max_bytes`` is capped by the broker's ``fetch.max.bytes``. There
 are no incremental fetch sessions: every answer carries session id 0, which tells
 clients to send full fetches.
 """
@@ -88,6 +89,9 @@ def _record_follower_positions(context: ApiContext, body: Any, replica_id: int) 
 def _read(context: ApiContext, body: Any, replica_id: int) -> tuple[list[_Result], int, bool]:
     """One pass over the requested partitions: results, bytes found, whether any failed."""
     results: list[_Result] = []
+    # fetch.max.bytes: the broker holds each answer until it is sent, so no client may
+    # make it build one larger than this.
+    max_bytes = min(body.max_bytes, context.config.fetch_max_bytes)
     total_bytes = 0
     failed = False
     for fetch_topic in body.topics:
@@ -96,7 +100,7 @@ def _read(context: ApiContext, body: Any, replica_id: int) -> tuple[list[_Result
                 context,
                 fetch_topic.topic,
                 fetch_partition,
-                body.max_bytes - total_bytes,
+                max_bytes - total_bytes,
                 replica_id,
                 first=total_bytes == 0,
             )

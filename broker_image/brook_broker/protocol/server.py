@@ -11,7 +11,10 @@ frames' maps are reused up to a bound, the rest unmapped). Every byte read is gr
 the broker-wide request budget (``queued.max.request.bytes``, :mod:`.quotas`) and given
 back once its request is answered; a reader that finds the budget used up pauses. A
 connection idle for ``connections.max.idle.ms``, or whose request has not fully arrived
-within ``socket.request.timeout.ms``, is closed.
+within ``socket.request.timeout.ms``, is closed; so is one on a listener with SASL that
+has not authenticated within ``socket.request.timeout.ms`` of connecting (authentication
+is its first request). Such connections take at most half of ``max.connections``: past
+that, the oldest of them is closed.
 
 Requests on one connection are handled one after the other, so responses go out in the
 order their requests came in, as Kafka clients require. A handler can ask to be told when
@@ -123,6 +126,8 @@ class KafkaServer:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._connections: set[_Connection] = set()
+        self._authenticating: dict[_Connection, None] = {}
+        """Connections that have not yet authenticated, oldest first."""
         self._frame_maps = _FrameMaps()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -178,6 +183,7 @@ class KafkaServer:
         )
         if self._authenticator is not None:
             connection.authentication = self._authenticator.session()
+            connection.authenticating = self._authenticating
         return connection
 
 
@@ -208,6 +214,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._frame_filled = 0
         self._frame_began: float | None = None  # when the first byte of a partial frame came
         self._last_active = clock()
+        self._connected_at = self._last_active
         self._granted = 0  # budget granted to the read in progress
         self._held = 0  # budget held: bytes read and not yet answered
         self._whole = 0  # the part of it in whole frames (queued or being answered)
@@ -227,6 +234,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.on_close: dict[Hashable, Callable[[], None]] = {}
         self.authentication: SaslSession | None = None
         """Who the connection proved to be, on a listener that authenticates."""
+        self.authenticating: dict[_Connection, None] | None = None
+        """The listener's connections that have not yet authenticated, oldest first."""
 
     # --- asyncio callbacks -------------------------------------------------------------
 
@@ -236,10 +245,14 @@ class _Connection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         self._peer = str(peer)
         self.peer_host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if self.authenticating is not None:
+            self._make_room_to_authenticate(self.authenticating)
         if not self._quotas.admit(self.peer_host):
             transport.abort()
             return
         self._admitted = True
+        if self.authenticating is not None:
+            self.authenticating[self] = None
         self._registry.add(self)
         self._worker = asyncio.get_running_loop().create_task(self._serve())
 
@@ -249,6 +262,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._lost = True
         self._registry.discard(self)
         self._quotas.release(self.peer_host)
+        self._end_authenticating()
         self._budget.dropped(self, self._held + self._granted, self._whole)
         self._held = self._granted = self._whole = 0
         self._frames.clear()
@@ -400,6 +414,12 @@ class _Connection(asyncio.BufferedProtocol):
         if self._lost:
             return
         limits = self._limits
+        if self.authenticating is not None and self in self.authenticating:
+            waited_ms = (now - self._connected_at) * 1000
+            if UNLIMITED != limits.socket_request_timeout_ms <= waited_ms:
+                reason = f"not authenticated {waited_ms:.0f} ms after connecting"
+                self._close_for("socket.request.timeout.ms", reason, INFO)
+                return
         if self._can_write.is_set():
             if self._paused:
                 return
@@ -479,6 +499,7 @@ class _Connection(asyncio.BufferedProtocol):
         session = self.authentication
         if session is not None and session.expects_raw_token:
             token = session.raw_token(bytes(frame))
+            self._end_authenticating()
             return _SIZE.pack(len(token)) + token
         try:
             request = decode_request(frame, self._dispatcher.supported_versions)
@@ -493,12 +514,32 @@ class _Connection(asyncio.BufferedProtocol):
             raise _CloseConnection(str(malformed)) from None
         if session is not None:
             answer = session.answer(request)
+            if session.principal is not None:
+                self._end_authenticating()
             if answer is not None:
                 return encode_response(request, answer)
         body = await self._dispatcher.handle(request)
         if body is None:
             return None
         return encode_response(request, body)
+
+    def _make_room_to_authenticate(self, authenticating: dict[_Connection, None]) -> None:
+        """Connections still authenticating take at most half of ``max.connections``; past
+        that the oldest of them is closed (before this one is admitted). Peers that do not
+        know the password cannot keep the places, and a broker, which authenticates at
+        once, still gets in."""
+        most = self._limits.max_connections
+        if most == UNLIMITED or len(authenticating) < max(1, most // 2):
+            return
+        oldest = next(iter(authenticating))
+        reason = f"the oldest of {len(authenticating)} connections still authenticating"
+        oldest._close_for("max.connections", reason, INFO)
+        oldest.connection_lost(None)  # its place is free now, not once the loop gets to it
+
+    def _end_authenticating(self) -> None:
+        """The connection authenticated or closed: it no longer counts as authenticating."""
+        if self.authenticating is not None:
+            self.authenticating.pop(self, None)
 
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
