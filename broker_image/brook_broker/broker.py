@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from prometheus_client.registry import Collector
 
-from . import metrics
+from . import allocator, metrics
 from .api.context import ApiContext, AppendNotifier
 from .api.dispatcher import Dispatcher
 from .config import BrokerConfig, split_host_port
@@ -60,6 +60,7 @@ class Broker:
         self._lifecycle: BrokerLifecycle | None = None
         self._collectors: list[Collector] = []
         self._maintenance: asyncio.Task[None] | None = None
+        self._memory_trimmer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Serve /healthz at once, catch up on metadata, recover the logs, take Kafka
@@ -129,6 +130,9 @@ class Broker:
             logs.run_maintenance(config.log_retention_check_interval_ms), name="log maintenance"
         )
         self._maintenance.add_done_callback(_report_crash)
+        self._memory_trimmer = asyncio.create_task(
+            allocator.return_free_memory(), name="free memory trimmer"
+        )
         self._lifecycle = BrokerLifecycle(
             config,
             quorum,
@@ -173,6 +177,10 @@ class Broker:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
             self._maintenance = None
+        if self._memory_trimmer is not None:
+            self._memory_trimmer.cancel()
+            await asyncio.gather(self._memory_trimmer, return_exceptions=True)
+            self._memory_trimmer = None
         for collector in self._collectors:
             metrics.REGISTRY.unregister(collector)
         self._collectors = []

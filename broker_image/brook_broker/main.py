@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from .allocator import return_large_buffers
 from .broker import Broker
 from .config import BrokerConfig, load_config
 from .logs import configure_logging
@@ -110,7 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except RackLookupError as error:
             log.error("cannot learn this broker's rack", extra={"error": str(error)})
             return 1
-    return_large_buffers()
     block_stop_signals()
     try:
         asyncio.run(serve(config))
