@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from .allocator import keep_freed_buffers
 from .broker import Broker
 from .config import BrokerConfig, load_config
 from .logs import configure_logging
@@ -109,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except RackLookupError as error:
             log.error("cannot learn this broker's rack", extra={"error": str(error)})
             return 1
+    keep_freed_buffers()
     block_stop_signals()
     try:
         asyncio.run(serve(config))
