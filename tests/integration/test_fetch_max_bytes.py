@@ -27,10 +27,13 @@ RESPONSE_OVERHEAD = 1024
 """Bytes of a one-partition Fetch answer besides its records."""
 
 
-def store(broker: BrokerProcess, topic: str, record_bytes: int, records: int) -> None:
+def store(
+    broker: BrokerProcess, topic: str, record_bytes: int, records: int, batch_size: int = 100_000
+) -> None:
+    """``records`` records of ``record_bytes`` zero bytes in partition 0 of a new ``topic``."""
     create_topic(broker.bootstrap, topic)
     producer = confluent_kafka.Producer(
-        {"bootstrap.servers": broker.bootstrap, "linger.ms": 20, "batch.size": 100_000}
+        {"bootstrap.servers": broker.bootstrap, "linger.ms": 20, "batch.size": batch_size}
     )
     for _ in range(records):
         producer.produce(topic, bytes(record_bytes), partition=0)

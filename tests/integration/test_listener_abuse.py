@@ -11,18 +11,14 @@ each frame size outside socket.request.max.bytes wrote a warning line of its own
 
 from __future__ import annotations
 
-import datetime
 import socket
 import struct
 import time
 
-import confluent_kafka
-from kio.schema.fetch.v12.request import FetchPartition, FetchRequest, FetchTopic
-
-from .brokers import BrokerProcess, encode_request, wait_until
-from .clients import create_topic
+from .brokers import BrokerProcess, wait_until
 from .conftest import StartBroker
 from .test_connection_limits import rss_mb
+from .test_fetch_max_bytes import fetch_everything, store
 
 MB = 1024 * 1024
 STORED_MB = 30
@@ -35,33 +31,6 @@ FLOOD = 100
 IDLE_MS = 3000
 
 
-def store(broker: BrokerProcess, megabytes: int) -> None:
-    """Topic ``large`` with ``megabytes`` MB of records in its one partition."""
-    create_topic(broker.bootstrap, "large")
-    producer = confluent_kafka.Producer(
-        {"bootstrap.servers": broker.bootstrap, "linger.ms": 20, "batch.size": 1_000_000}
-    )
-    for _ in range(megabytes * 10):
-        producer.produce("large", bytes(100_000), partition=0)
-        producer.poll(0)
-    assert producer.flush(30) == 0
-
-
-def fetch_all_of_large() -> bytes:
-    """A size-prefixed Fetch of everything in ``large`` (up to 100 MB)."""
-    partition = FetchPartition(partition=0, fetch_offset=0, partition_max_bytes=100 * MB)
-    request = FetchRequest(
-        replica_id=-1,
-        max_wait=datetime.timedelta(0),
-        min_bytes=1,
-        max_bytes=100 * MB,
-        topics=(FetchTopic(topic="large", partitions=(partition,)),),
-        forgotten_topics_data=(),
-    )
-    frame = encode_request(request, 1)
-    return struct.pack(">i", len(frame)) + frame
-
-
 def not_reading(broker: BrokerProcess) -> socket.socket:
     """A connection whose receive buffer is as small as it gets."""
     reader = socket.create_connection(broker.address, timeout=10.0)
@@ -71,8 +40,8 @@ def not_reading(broker: BrokerProcess) -> socket.socket:
 
 def test_memory_of_unread_fetch_responses_is_returned(start_broker: StartBroker) -> None:
     broker = start_broker()
-    store(broker, STORED_MB)
-    fetch = fetch_all_of_large()
+    store(broker, "large", 100_000, STORED_MB * 10, batch_size=1_000_000)
+    fetch = fetch_everything("large")
     time.sleep(1)
     before = rss_mb(broker.pid)
     readers = []
@@ -123,9 +92,9 @@ def test_a_client_that_stops_reading_is_closed_when_idle(start_broker: StartBrok
     """Kafka counts a connection whose responses are not taken as idle; the broker held
     such a connection, and its unsent response, for as long as the client wished."""
     broker = start_broker("--connections-max-idle-ms", str(IDLE_MS))
-    store(broker, 10)
+    store(broker, "large", 100_000, 100, batch_size=1_000_000)
     with not_reading(broker) as reader:
-        reader.sendall(fetch_all_of_large())
+        reader.sendall(fetch_everything("large"))
         started = time.monotonic()
         wait_until(
             lambda: broker.metric("brook_connections") == 0,
