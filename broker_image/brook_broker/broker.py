@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from . import allocator, metrics
 from .api.context import ApiContext, AppendNotifier
 from .api.dispatcher import Dispatcher
-from .config import BrokerConfig, split_host_port
+from .config import WILDCARD_HOSTS, BrokerConfig, split_host_port
 from .controller.controller import Controller
 from .controller.lifecycle import BrokerLifecycle
 from .groups.coordinator import GroupCoordinator
@@ -254,7 +254,7 @@ def _internal_advertised(
     if config.internal_advertised_listener:
         return split_host_port(config.internal_advertised_listener)
     host, port = bound
-    return (client_advertised[0] if host in ("0.0.0.0", "::", "") else host), port
+    return (client_advertised[0] if host in WILDCARD_HOSTS else host), port
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

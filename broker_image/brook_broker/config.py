@@ -107,6 +107,10 @@ class BrokerConfig:
         return parse_quorum(self.controller_quorum) if self.controller_quorum else {}
 
 
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+"""Listener hosts that mean "every address": never given to a client or another broker."""
+
+
 def split_host_port(address: str) -> tuple[str, int]:
     host, separator, port = address.rpartition(":")
     if not separator or not port.isdigit():

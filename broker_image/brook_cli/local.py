@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from brook_broker.config import WILDCARD_HOSTS
 from brook_broker.protocol.cluster_client import format_address
 
 HTTP_PORT_OFFSET = 1000
@@ -44,13 +45,12 @@ INTERNAL_PORT_OFFSET = 3000
 CLUSTER_SECRET_FILE = "cluster.secret"
 """In the data root: the secret the brokers of one local cluster prove themselves with."""
 
-_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 _PR_SET_PDEATHSIG = 1
 
 
 def reachable_host(host: str) -> str:
     """The address clients on this machine use for a listener bound to ``host``."""
-    return "127.0.0.1" if host in _WILDCARD_HOSTS else host
+    return "127.0.0.1" if host in WILDCARD_HOSTS else host
 
 
 @dataclass(frozen=True)

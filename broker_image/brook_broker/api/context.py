@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from kio.schema.errors import ErrorCode
 
-from ..config import BrokerConfig
+from ..config import WILDCARD_HOSTS, BrokerConfig
 from ..controller.controller import Controller
 from ..groups.coordinator import GroupCoordinator
 from ..metadata.cluster_state import ClusterState
@@ -128,7 +128,7 @@ class ApiContext:
         if self.config.advertised_listener:
             return
         host, port = kafka_address
-        if host in ("0.0.0.0", "::", ""):
+        if host in WILDCARD_HOSTS:
             host = socket.getfqdn()
         self.advertised_address = (host, port)
 
