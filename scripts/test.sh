@@ -18,7 +18,20 @@ if [ "${CI:-}" = "true" ]; then
 fi
 
 bash scripts/setup.sh
-"$python" -m ruff check .
+
+# Lint, types (mypy) and the layering contracts (import-linter), configured in
+# pyproject.toml. All three run, so one pass shows every finding; tests run only when
+# they pass.
+lint_failed=()
+"$python" -m ruff check . || lint_failed+=(ruff)
+"$python" -m mypy || lint_failed+=(mypy)
+# import-linter has no `python -m` entry point: run its command in the same interpreter.
+"$python" -c 'import sys; from importlinter.cli import lint_imports_command
+sys.exit(lint_imports_command())' --no-logo || lint_failed+=(import-linter)
+if [ "${#lint_failed[@]}" -gt 0 ]; then
+    echo "test: failed: ${lint_failed[*]} (see above); tests not run" >&2
+    exit 1
+fi
 
 marker=()
 if [ "$full" = true ]; then

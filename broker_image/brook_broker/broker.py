@@ -20,7 +20,7 @@ from collections.abc import Callable
 from prometheus_client.registry import Collector
 
 from . import allocator, metrics
-from .api.context import ApiContext, AppendNotifier
+from .api.context import ApiContext
 from .api.dispatcher import Dispatcher
 from .config import WILDCARD_HOSTS, BrokerConfig, split_host_port
 from .controller.controller import Controller
@@ -74,18 +74,17 @@ class Broker:
             self._controller = Controller(quorum, config)
         await quorum.start()
         self._logs = logs = LogManager(config.data_dir)
-        appends = AppendNotifier()
         credentials = _credentials(config)
         connect = functools.partial(KafkaClient, credentials=credentials)
         self._replicas = replicas = ReplicaManager(
-            config.node_id, config, logs, quorum, appends, connect=connect
+            config.node_id, config, logs, quorum, connect=connect
         )
         # Opens (recovering) the logs of the replicas assigned here and removes the others.
         await replicas.start()
         self._groups = groups = GroupCoordinator.for_broker(config, quorum, replicas)
         groups.on_metadata_change()
         self._group_timers = asyncio.create_task(groups.run(), name="group coordinator timers")
-        context = ApiContext(config, quorum, logs, appends, replicas, groups, self._controller)
+        context = ApiContext(config, quorum, logs, replicas, groups, self._controller)
         quotas = ConnectionQuotas(_listener_limits(config))
         self._collectors = [
             metrics.ConnectionCollector(quotas),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -224,6 +224,14 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+_PARSERS: dict[str, Callable[[str], object]] = {"int": int, "bool": _parse_bool, "Path": Path}
+
+
+def _parser_of(field: dataclasses.Field[object]) -> Callable[[str], object]:
+    """How the text of a flag or variable becomes the value of ``field`` (by its type)."""
+    return _PARSERS.get(str(field.type).split(" ")[0], str)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="brook-broker",
@@ -232,10 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for field in fields(BrokerConfig):
         flag = "--" + field.name.replace("_", "-")
-        kind = {"int": int, "bool": _parse_bool, "Path": Path}.get(
-            str(field.type).split(" ")[0], str
-        )
-        parser.add_argument(flag, type=kind, default=None, help=_HELP[field.name])
+        parser.add_argument(flag, type=_parser_of(field), default=None, help=_HELP[field.name])
     return parser
 
 
@@ -253,9 +258,8 @@ def load_config(
             raw = environ.get("BROOK_" + field.name.upper())
             if raw is None or raw == "":
                 continue
-            action = next(a for a in parser._actions if a.dest == field.name)
             try:
-                value = action.type(raw) if action.type else raw
+                value = _parser_of(field)(raw)
             except (ValueError, argparse.ArgumentTypeError) as error:
                 parser.error(f"BROOK_{field.name.upper()}: {error}")
         values[field.name] = value

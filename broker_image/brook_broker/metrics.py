@@ -98,10 +98,16 @@ OFFSET_COMMITS = Counter(
 
 
 class PartitionOffsets(Protocol):
-    log_start_offset: int
-    log_end_offset: int
-    high_watermark: int
-    size_bytes: int
+    # Read-only members, so that any object with these values fits (a frozen dataclass,
+    # properties, a subtype), not only one whose attributes may be set.
+    @property
+    def log_start_offset(self) -> int: ...
+    @property
+    def log_end_offset(self) -> int: ...
+    @property
+    def high_watermark(self) -> int: ...
+    @property
+    def size_bytes(self) -> int: ...
 
 
 class PartitionCollector(Collector):
@@ -233,11 +239,15 @@ class ReplicationCollector(Collector):
 
 
 class ConnectionCounts(Protocol):
-    open_connections: int
-    refused: Mapping[str, int]
-    """Connections closed at once, by the limit (Kafka's setting name) they were over."""
-    closed: Mapping[str, int]
-    """Connections the broker closed, by the setting that made it close them."""
+    @property
+    def open_connections(self) -> int: ...
+    @property
+    def refused(self) -> Mapping[str, int]:
+        """Connections closed at once, by the limit (Kafka's setting name) they were over."""
+
+    @property
+    def closed(self) -> Mapping[str, int]:
+        """Connections the broker closed, by the setting that made it close them."""
 
     @property
     def queued_request_bytes(self) -> int: ...
@@ -285,11 +295,15 @@ GROUP_STATES = ("Empty", "PreparingRebalance", "CompletingRebalance", "Stable")
 
 
 class GroupLag(Protocol):
-    group_id: str
-    state: str
-    members: int
-    lag: Iterable[tuple[str, int, int]]
-    """(topic, partition, lag) of each committed partition whose log end is known here."""
+    @property
+    def group_id(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def members(self) -> int: ...
+    @property
+    def lag(self) -> Iterable[tuple[str, int, int]]:
+        """(topic, partition, lag) of each committed partition whose log end is known here."""
 
 
 class GroupCollector(Collector):

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO
 
 from brook_broker.config import WILDCARD_HOSTS
-from brook_broker.protocol.cluster_client import format_address
+from brook_client.session import format_address
 
 HTTP_PORT_OFFSET = 1000
 """A broker's HTTP port is its Kafka port plus this offset (9092 -> 10092)."""

@@ -20,14 +20,11 @@ from importlib import metadata
 from pathlib import Path
 from types import FrameType
 
-from brook_broker.protocol.cluster_client import KafkaRequestError, parse_bootstrap
+from brook_client.admin import KafkaAdmin
+from brook_client.group_admin import GroupDescription, GroupLag
+from brook_client.lag import OffsetReset
+from brook_client.session import KafkaRequestError, parse_bootstrap
 
-from .groups import (
-    GroupDescription,
-    GroupLag,
-    GroupReader,
-    OffsetReset,
-)
 from .local import (
     CONTROLLER_PORT_OFFSET,
     HTTP_PORT_OFFSET,
@@ -384,7 +381,9 @@ def format_group_list(groups: Sequence[GroupDescription]) -> str:
 
 
 async def _groups(options: argparse.Namespace) -> str:
-    async with GroupReader(options.bootstrap, retry_timeout=options.timeout) as reader:
+    async with KafkaAdmin(
+        options.bootstrap, client_id="brook-groups", retry_timeout=options.timeout
+    ) as reader:
         if options.groups_command == "list":
             return format_group_list(await reader.list_groups())
         group = await reader.group_lag(options.group, options.reset)

@@ -40,7 +40,7 @@ class RestartPolicy:
         """Seconds to wait before the next start; None once the broker is given up."""
         if deaths_in_a_row >= self.give_up_after:
             return None
-        return min(self.first_delay * 2 ** (deaths_in_a_row - 1), self.max_delay)
+        return min(self.first_delay * 2.0 ** (deaths_in_a_row - 1), self.max_delay)
 
 
 class Supervised(Protocol):

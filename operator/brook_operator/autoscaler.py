@@ -4,10 +4,10 @@ without I/O (the controller feeds it observations and writes what it decides).
 Each observation holds, per partition, the group's committed offset and the partition's
 log start and log end offsets. From them:
 
-- **lag** of a partition: records from the committed offset to the log end, never counting
-  records retention has already deleted (a committed offset below the log start counts
-  from the log start); a partition without a committed offset follows the group's reset
-  policy (:func:`brook_cli.groups.partition_lag`);
+- **lag** of a partition: by the rule of :mod:`brook_client.lag` (``brook groups`` uses
+  it too): records from the committed offset to the log end, never counting records
+  retention has already deleted; a partition without a committed offset follows the
+  group's reset policy;
 - a partition is **stuck** when it has lag and its committed offset has not moved for
   ``stuck_partition_seconds`` while the group committed on other partitions meanwhile (a
   poison record, a wedged consumer): it is reported and left out of the lag that scales;
@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from brook_cli.groups import OffsetReset, TopicPartition, partition_lag
+from brook_client.lag import OffsetReset, PartitionOffsets, TopicPartition, lag_of
 
 from .conditions import condition
 
@@ -89,15 +89,6 @@ class AutoscalerSpec:
 
 
 @dataclass(frozen=True)
-class PartitionOffsets:
-    """What one read says of a partition; None where it could not be read (no leader)."""
-
-    committed_offset: int | None
-    log_start_offset: int | None
-    log_end_offset: int | None
-
-
-@dataclass(frozen=True)
 class PartitionLagView:
     topic: str
     partition: int
@@ -142,15 +133,6 @@ class Decision:
         if self.desired == self.replicas:
             return None
         return "up" if self.desired > self.replicas else "down"
-
-
-def lag_of(offsets: PartitionOffsets, reset: OffsetReset) -> int | None:
-    """A partition's lag: records below the log start are gone, so they are no lag."""
-    committed = offsets.committed_offset
-    if committed is not None and offsets.log_start_offset is not None:
-        committed = max(committed, offsets.log_start_offset)
-    lag = partition_lag(committed, offsets.log_start_offset, offsets.log_end_offset, reset)
-    return None if lag is None else max(lag, 0)
 
 
 def growth_rate(samples: Sequence[tuple[float, int]]) -> float:

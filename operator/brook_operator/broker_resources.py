@@ -19,9 +19,9 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from brook_broker.metadata.topic_config import (
     BROKER_SETTINGS,
@@ -75,6 +75,14 @@ class InvalidSpec(ValueError):
         self.message = message
 
 
+_parse_quantity: Callable[[str], Any] = parse_quantity
+"""Kubernetes' quantity parser, which carries no types."""
+
+
+def _whole(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class BrokerSpec:
     """A Broker's spec with the CRD's defaults filled in (an API server without the
@@ -114,16 +122,18 @@ class BrokerSpec:
             ),
             autoscale=Autoscale.parse(spec.get("autoscale") or {}),
         )
-        for name, value in (
+        # The fields hold what the spec said, checked here: the CRD's schema may be older.
+        checked: tuple[tuple[str, object], ...] = (
             ("replicas", parsed.replicas),
             ("maxUnavailable", parsed.max_unavailable),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        )
+        for name, value in checked:
+            if not _whole(value) or value < 0:
                 raise InvalidSpec("InvalidSpec", f"{name} must be a whole number, got {value!r}")
         if parsed.replicas < 1:
             raise InvalidSpec("InvalidSpec", "replicas must be at least 1")
-        throttle = parsed.replication_throttle
-        if not isinstance(throttle, int) or isinstance(throttle, bool) or throttle < -1:
+        throttle: object = parsed.replication_throttle
+        if not _whole(throttle) or throttle < -1:
             raise InvalidSpec(
                 "InvalidSpec",
                 f"replicationThrottleBytesPerSecond must be -1 (no limit) or a whole number "
@@ -153,7 +163,7 @@ class Autoscale:
             return None
         limit = spec.get("maxBytesPerBroker")
         try:
-            max_bytes = None if limit is None else int(parse_quantity(str(limit)))
+            max_bytes = None if limit is None else int(_parse_quantity(str(limit)))
         except ValueError:
             raise InvalidSpec(
                 "InvalidSpec", f"autoscale.maxBytesPerBroker {limit!r} is not a quantity"

@@ -18,11 +18,11 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from brook_broker.metadata.placement import PartitionKey, PlacementBroker, rebalance
+from brook_client.cluster_admin import Reassignment
 
 from .broker_resources import MAX_VOTERS
 from .broker_status import Refusal
 from .cluster_view import ClusterView, PartitionView
-from .kafka_admin import Reassignment
 
 IDLE = "Idle"
 REASSIGNING = "Reassigning"

@@ -3,7 +3,8 @@ scaled by the group's lag, through the scale subresource of the workload that ru
 
 A timer ticks every second; a group is read every ``intervalSeconds`` of its spec: the
 partitions of its topics (Metadata), their log start and log end offsets (ListOffsets)
-and the group's committed offsets (OffsetFetch), as any Kafka admin tool reads them.
+and the group's committed offsets (OffsetFetch), as any Kafka admin tool reads them, over
+one session with the cluster per read.
 :class:`autoscaler.Autoscaler` decides; each scale written and each partition found
 stuck is an Event, and the status tells the numbers behind the last decision.
 """
@@ -17,15 +18,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
-from brook_broker.protocol.cluster_client import KafkaRequestError
-from brook_cli.groups import GroupReader, TopicPartition
+from brook_broker.protocol.client import KafkaClient
+from brook_client.admin import KafkaAdmin
+from brook_client.lag import PartitionOffsets, TopicPartition
+from brook_client.session import Connect, KafkaRequestError
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from . import metrics
-from .autoscaler import Autoscaler, AutoscalerSpec, Decision, PartitionOffsets, conditions
+from .autoscaler import Autoscaler, AutoscalerSpec, Decision, conditions
 from .broker_resources import GROUP, VERSION, bootstrap
-from .kafka_admin import KafkaAdmin
 
 PLURAL = "consumergroups"
 KIND = "ConsumerGroup"
@@ -33,8 +35,7 @@ BROKER_PLURAL = "brokers"
 TICK_S = 1.0
 DEFAULT_INTERVAL_S = 10.0
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-LOG_START = -2
-"""ListOffsets' timestamp for a partition's log start offset."""
+CLIENT_ID = "brook-operator"
 
 CLUSTER_NOT_FOUND = "ClusterNotFound"
 CLUSTER_UNAVAILABLE = "ClusterUnavailable"
@@ -272,41 +273,32 @@ async def _broker_exists(namespace: str, name: str) -> bool:
 # --- Kafka side ------------------------------------------------------------------------------
 
 
-async def _read_offsets(spec: kopf.Spec, namespace: str) -> dict[TopicPartition, PartitionOffsets]:
+async def _read_offsets(
+    spec: kopf.Spec, namespace: str, connect: Connect = KafkaClient
+) -> dict[TopicPartition, PartitionOffsets]:
     """Every partition of the group's topics with the group's committed offset (None where
-    it has none) and the log start and log end offsets."""
+    it has none) and the log start and log end offsets, over one session."""
     cluster = spec["cluster"]
     if not await _broker_exists(namespace, cluster):
         raise _Failure(CLUSTER_NOT_FOUND, f"no Broker {cluster!r} in namespace {namespace!r}")
     address = bootstrap(cluster, namespace)
     try:
-        async with KafkaAdmin(address) as admin:
+        async with KafkaAdmin(address, client_id=CLIENT_ID, connect=connect) as admin:
             topics = await admin.describe_topics(spec["topics"])
-        missing = sorted(topic for topic, found in topics.items() if found is None)
-        if missing:
-            raise _Failure(
-                TOPIC_NOT_FOUND, f"topics not in cluster {cluster!r}: {', '.join(missing)}"
-            )
-        partitions = {
-            (topic, partition.partition)
-            for topic, description in topics.items()
-            if description is not None
-            for partition in description.partitions
-        }
-        async with GroupReader(address, client_id="brook-operator") as reader:
-            committed = await reader.committed_offsets(spec["groupId"])
-            log_end = await reader.log_offsets(partitions)
-            log_start = await reader.log_offsets(partitions, LOG_START)
+            missing = sorted(topic for topic, found in topics.items() if found is None)
+            if missing:
+                raise _Failure(
+                    TOPIC_NOT_FOUND, f"topics not in cluster {cluster!r}: {', '.join(missing)}"
+                )
+            partitions = [
+                (topic, partition.partition)
+                for topic, description in topics.items()
+                if description is not None
+                for partition in description.partitions
+            ]
+            return await admin.group_offsets(spec["groupId"], partitions)
     except KafkaRequestError as error:
         raise _Failure(CLUSTER_UNAVAILABLE, f"reading the lag from {address}: {error}") from None
-    return {
-        topic_partition: PartitionOffsets(
-            committed.get(topic_partition),
-            log_start.get(topic_partition),
-            log_end.get(topic_partition),
-        )
-        for topic_partition in sorted(partitions)
-    }
 
 
 def _timestamp(at: float) -> str:

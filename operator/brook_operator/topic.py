@@ -24,14 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
-from brook_broker.protocol.cluster_client import KafkaRequestError
+from brook_client.admin import KafkaAdmin
+from brook_client.cluster_admin import TopicDescription
+from brook_client.session import KafkaAdminError, KafkaRequestError
 from kio.schema.errors import ErrorCode
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from . import metrics
 from .broker_resources import GROUP, VERSION, bootstrap
-from .kafka_admin import KafkaAdmin, KafkaAdminError, TopicDescription
 from .topic_plan import (
     PARTITIONS_AUTOSCALED,
     RECONCILING,

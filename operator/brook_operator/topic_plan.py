@@ -28,9 +28,9 @@ from typing import Any
 from brook_broker.metadata.errors import ApiError
 from brook_broker.metadata.topic_config import TOPIC_CONFIGS
 from brook_broker.metadata.topics import validate_topic_name
+from brook_client.cluster_admin import TopicDescription
 
 from .conditions import condition
-from .kafka_admin import TopicDescription
 
 MIN_INSYNC_REPLICAS = "min.insync.replicas"
 DELETE, RETAIN = "Delete", "Retain"
@@ -173,7 +173,7 @@ def plan_topic(
     broker restarting does not turn a valid spec into a refused one."""
     size = len(brokers) if cluster_size is None else max(cluster_size, len(brokers))
     refusals, desired = _check(spec, size, observed)
-    warnings = ()
+    warnings: tuple[Finding, ...] = ()
     if spec.min_insync_replicas == spec.replication_factor:
         warnings = (
             Finding(

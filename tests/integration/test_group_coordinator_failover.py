@@ -10,7 +10,9 @@ import asyncio
 import time
 
 import confluent_kafka
-from brook_cli.groups import GroupDescription, GroupReader, TopicPartition
+from brook_client.admin import KafkaAdmin
+from brook_client.group_admin import GroupDescription
+from brook_client.lag import TopicPartition
 
 from .brokers import KafkaConnection
 from .clients import create_topic
@@ -38,7 +40,7 @@ SESSION_TIMEOUT_S = 6.0
 async def read_group(bootstrap: str) -> tuple[dict[TopicPartition, int], GroupDescription]:
     """OffsetFetch and DescribeGroups through whichever broker coordinates the group now
     (found again for as long as the failover takes, up to 30 s)."""
-    async with GroupReader(bootstrap, retry_timeout=30.0) as reader:
+    async with KafkaAdmin(bootstrap, retry_timeout=30.0) as reader:
         return await reader.committed_offsets(GROUP), await reader.describe_group(GROUP)
 
 

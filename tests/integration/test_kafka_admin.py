@@ -8,8 +8,9 @@ import asyncio
 from typing import Any
 
 import confluent_kafka
+from brook_client.admin import KafkaAdmin
+from brook_client.cluster_admin import TopicDescription
 from brook_operator.cluster_view import ClusterReader
-from brook_operator.kafka_admin import KafkaAdmin, TopicDescription
 from brook_operator.topic import observe_and_plan, run_action
 from brook_operator.topic_plan import AlterConfigs, Reassign, TopicPlan, TopicSpec, replica_targets
 

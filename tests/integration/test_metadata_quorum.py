@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from brook_broker.metadata.commands import CreateTopic, DeleteTopic, RegisterBroker
 from brook_broker.metadata.errors import ApiError
 from brook_broker.metadata.quorum import MetadataQuorum
 from kio.schema.errors import ErrorCode
@@ -79,7 +80,7 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0) -> float:
 
 
 def register(member: MetadataQuorum, node: int) -> asyncio.Future[int]:
-    return asyncio.ensure_future(member.submit("register_broker", node, "127.0.0.1", 9092, None))
+    return asyncio.ensure_future(member.submit(RegisterBroker(node, "127.0.0.1", 9092, None)))
 
 
 async def test_commands_from_followers_and_observers_apply_everywhere(members: Members) -> None:
@@ -91,7 +92,7 @@ async def test_commands_from_followers_and_observers_apply_everywhere(members: M
     assert await register(members.running[follower], 1) == 1
     assert await register(members.running[3], 3) == 1
     with pytest.raises(ApiError) as refused:
-        await members.running[3].submit("delete_topic", "missing")
+        await members.running[3].submit(DeleteTopic("missing"))
     assert refused.value.code == ErrorCode.unknown_topic_or_partition
     await until(lambda: all(members.changes[node] >= 3 for node in members.running))
     assert all(set(m.state.brokers) == {1, 3} for m in members.running.values())
@@ -119,7 +120,7 @@ async def test_a_restarted_member_recovers_from_its_journal_and_catches_up(
     await members.start(0, 1, 2)
     topic_id = uuid.uuid4()
     await register(members.running[0], 0)
-    await members.running[1].submit("create_topic", "t", topic_id, 3, 1, {}, None)
+    await members.running[1].submit(CreateTopic("t", topic_id, 3, 1, {}, None))
     node = next(node for node in members.running if node != members.leader())
     await members.running.pop(node).stop()
     await register(members.running[members.leader()], 5)  # while it is away

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -407,6 +408,31 @@ def test_a_deleted_broker_pod_comes_back_and_a_deleted_topic_goes(cluster: Clust
         "the topic to be deleted in the cluster",
     )
     wait_for_event(kube, "Topic", "restarts", "Normal", "TopicDeleted")
+
+
+def test_a_settled_broker_is_watched_not_read_every_round(cluster: Cluster) -> None:
+    """Rounds of a settled Broker read only what the operator may not watch (its cluster
+    secret and its cluster-scoped rack binding): the StatefulSet, the pods, the Services
+    and the rest come from the operator's watches."""
+    kube = cluster.kube
+    kube.wait_for(
+        lambda: broker_ready(kube.get(BROKERS, BROKER)), READY_TIMEOUT_S, "the Broker to settle"
+    )
+    seen = len(list(kube.api))
+    time.sleep(4.5)  # four or more rounds, one a second
+    reads = Counter(
+        request.url.path
+        for request in list(kube.api)[seen:]
+        if request.method.value.upper() == "GET" and request.params.get("watch") is None
+    )
+    indexed = {"statefulsets", "pods", "configmaps", "services", "serviceaccounts"}
+    indexed.add("poddisruptionbudgets")
+    assert not [path for path in reads if path.rsplit("/", 2)[-2] in indexed], reads
+    secret_reads = reads[f"/api/v1/namespaces/{NS}/secrets/{CLUSTER_SECRET}"]
+    assert secret_reads >= 3, reads
+    assert reads[f"/apis/{BINDINGS.rsplit('/', 1)[0]}/clusterrolebindings/{RACK_BINDING}"] == (
+        secret_reads
+    ), reads
 
 
 def test_deleting_the_broker_removes_its_cluster_wide_binding(cluster: Cluster) -> None:

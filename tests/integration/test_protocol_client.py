@@ -9,6 +9,7 @@ import time
 
 import pytest
 from brook_broker.protocol.client import KafkaClient, KafkaConnectionError
+from brook_broker.protocol.sasl import PlainCredentials
 from kio.schema.errors import ErrorCode
 
 from tests.support.batches import make_batch
@@ -110,3 +111,22 @@ async def test_connecting_to_a_port_nobody_listens_on() -> None:
     with pytest.raises(KafkaConnectionError, match="cannot connect"):
         await client.request(API_VERSIONS, 3, {})
     await client.close()
+
+
+async def test_a_peer_that_never_answers_the_handshake_times_out_with_a_reason() -> None:
+    """Connected, then silence: the error says it timed out (an asyncio timeout has no
+    message of its own)."""
+    accepted: list[asyncio.StreamWriter] = []
+    silent = await asyncio.start_server(lambda _, writer: accepted.append(writer), HOST, 0)
+    port = silent.sockets[0].getsockname()[1]
+    credentials = PlainCredentials("user", "secret")
+    client = KafkaClient(HOST, port, "brook-test", connect_timeout=0.3, credentials=credentials)
+    try:
+        with pytest.raises(KafkaConnectionError, match=f"{HOST}:{port}: timed out$"):
+            await client.request(API_VERSIONS, 3, {})
+    finally:
+        await client.close()
+        for writer in accepted:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()

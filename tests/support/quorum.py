@@ -8,9 +8,12 @@ and the controller see what they would see on a lone broker, with no sockets.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
 
 from brook_broker.metadata.cluster_state import ClusterState
+from brook_broker.metadata.commands import Command
+
+Result = TypeVar("Result")
 
 
 class LocalQuorum:
@@ -28,9 +31,9 @@ class LocalQuorum:
     def active_controller_id(self) -> int | None:
         return self.node_id if self.is_active_controller else None
 
-    async def submit(self, command: str, *args: Any, timeout: float = 10.0) -> Any:
+    async def submit(self, command: Command[Result], *, timeout: float = 10.0) -> Result:
         try:
-            return getattr(self.state, command)(*args)
+            return self.state.apply(command)
         finally:
             self.applied_offset += 1
             self.on_change()

@@ -17,11 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from brook_broker.api.context import ApiContext, AppendNotifier
+from brook_broker.api.context import ApiContext
 from brook_broker.api.dispatcher import Dispatcher
 from brook_broker.config import BrokerConfig
 from brook_broker.controller.controller import Controller
 from brook_broker.groups.coordinator import GroupCoordinator
+from brook_broker.metadata.commands import (
+    AlterPartition,
+    FenceBroker,
+    RegisterBroker,
+    UnfenceBroker,
+)
 from brook_broker.metadata.topics import PartitionLimits
 from brook_broker.protocol import codec
 from brook_broker.replication import ReplicaManager
@@ -34,6 +40,7 @@ from kio.schema.response_header.v1.header import ResponseHeader as ResponseHeade
 from kio.serial import entity_reader
 
 from tests.support.batches import BASE_TIME_MS, encode_batch, payload, timed_records
+from tests.support.dispatch import answer_of
 from tests.support.quorum import LocalQuorum
 
 PRODUCE, FETCH, LIST_OFFSETS, METADATA, API_VERSIONS = 0, 1, 2, 3, 18
@@ -82,7 +89,7 @@ class Broker:
         request_type = load_request_schema(api_key, version)
         request = codec.Request(api_key, version, 7, "test", codec.build(request_type, body))
         dispatcher = self.internal_dispatcher if internal else self.dispatcher
-        answer = await dispatcher.handle(request)
+        answer = await answer_of(dispatcher, request)
         if answer is None:
             return None
         frame = codec.encode_response(request, answer)
@@ -172,15 +179,14 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
         message_max_bytes=10_000,
     )
     quorum = LocalQuorum(NODE)
-    await quorum.submit("register_broker", NODE, "127.0.0.1", 9092, None)
+    await quorum.submit(RegisterBroker(NODE, "127.0.0.1", 9092, None))
     logs = LogManager(tmp_path)
-    appends = AppendNotifier()
-    replicas = ReplicaManager(NODE, config, logs, quorum, appends)  # type: ignore[arg-type]
+    replicas = ReplicaManager(NODE, config, logs, quorum)  # type: ignore[arg-type]
     quorum.on_change = replicas.on_metadata_change
     await replicas.start()
     controller = Controller(quorum, config)  # type: ignore[arg-type]
     groups = GroupCoordinator.for_broker(config, quorum, replicas)  # type: ignore[arg-type]
-    context = ApiContext(config, quorum, logs, appends, replicas, groups, controller)  # type: ignore[arg-type]
+    context = ApiContext(config, quorum, logs, replicas, groups, controller)  # type: ignore[arg-type]
     yield Broker(context, Dispatcher(context), logs, quorum, Dispatcher(context, internal=True))
     await replicas.stop()
     logs.close()
@@ -728,7 +734,7 @@ async def test_init_producer_id(broker: Broker) -> None:
 
 async def register(broker: Broker, *nodes: int) -> None:
     for node in nodes:
-        await broker.quorum.submit("register_broker", node, "127.0.0.1", 9092 + node, "r1")
+        await broker.quorum.submit(RegisterBroker(node, "127.0.0.1", 9092 + node, "r1"))
 
 
 @pytest.mark.parametrize("version", [0, 1])
@@ -851,18 +857,12 @@ async def test_elect_leaders(broker: Broker) -> None:
     )
     state = broker.quorum.state
     epoch = state.brokers[7].epoch
-    await broker.quorum.submit("fence_broker", 7, epoch)
-    await broker.quorum.submit("unfence_broker", 7, epoch)
+    await broker.quorum.submit(FenceBroker(7, epoch))
+    await broker.quorum.submit(UnfenceBroker(7, epoch))
     partition = state.topics["e"].partitions[0]
     assert partition.leader == NODE
     await broker.quorum.submit(
-        "alter_partition",
-        "e",
-        0,
-        NODE,
-        partition.leader_epoch,
-        partition.partition_epoch,
-        (NODE, 7),
+        AlterPartition("e", 0, NODE, partition.leader_epoch, partition.partition_epoch, (NODE, 7)),
     )
     for version in (0, 2):
         response = await broker.call(

@@ -4,7 +4,7 @@ import itertools
 from collections.abc import Sequence
 
 import pytest
-from brook_cli.groups import OffsetReset
+from brook_client.lag import OffsetReset, PartitionOffsets, lag_of
 from brook_operator.autoscaler import (
     CAPPED_BY_PARTITIONS,
     COOLDOWN,
@@ -20,10 +20,8 @@ from brook_operator.autoscaler import (
     Autoscaler,
     AutoscalerSpec,
     Decision,
-    PartitionOffsets,
     conditions,
     growth_rate,
-    lag_of,
 )
 
 TOPIC = "orders"

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 from brook_broker.metadata.placement import PlacementBroker, place_partitions
+from brook_client.cluster_admin import Reassignment
 from brook_operator.broker_scaling import (
     AutoscaleBounds,
     BrokerPod,
@@ -18,7 +19,6 @@ from brook_operator.broker_scaling import (
     undrained,
 )
 from brook_operator.cluster_view import ClusterView, PartitionView
-from brook_operator.kafka_admin import Reassignment
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

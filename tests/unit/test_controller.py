@@ -14,6 +14,13 @@ import pytest
 from brook_broker import metrics
 from brook_broker.config import BrokerConfig
 from brook_broker.controller.controller import Controller
+from brook_broker.metadata.commands import (
+    AlterPartition,
+    CreateTopic,
+    FenceBroker,
+    RegisterBroker,
+    UnfenceBroker,
+)
 from kio.schema.errors import ErrorCode
 
 from tests.support.quorum import LocalQuorum
@@ -55,7 +62,7 @@ async def controller(quorum: LocalQuorum, clock: Clock) -> AsyncIterator[Control
 
 async def register(quorum: LocalQuorum, *nodes: int) -> dict[int, int]:
     return {
-        node: await quorum.submit("register_broker", node, "127.0.0.1", 9092 + node, None)
+        node: await quorum.submit(RegisterBroker(node, "127.0.0.1", 9092 + node, None))
         for node in nodes
     }
 
@@ -174,7 +181,7 @@ async def test_controlled_shutdown_moves_leadership_first(
     controller: Controller, quorum: LocalQuorum
 ) -> None:
     epochs = await register(quorum, 1, 2)
-    await quorum.submit("create_topic", "t", uuid.uuid4(), 1, 2, {}, [(1, 2)])
+    await quorum.submit(CreateTopic("t", uuid.uuid4(), 1, 2, {}, [(1, 2)]))
     answer = await controller.heartbeat(1, epochs[1], True)
     assert answer.error == ErrorCode.none and answer.should_shut_down
     partition = quorum.state.topics["t"].partitions[0]
@@ -186,14 +193,14 @@ async def test_leadership_returns_to_preferred_replicas(
 ) -> None:
     monkeypatch.setattr("brook_broker.controller.controller.REBALANCE_SECONDS", 0.0)
     epochs = await register(quorum, 1, 2)
-    await quorum.submit("create_topic", "t", uuid.uuid4(), 1, 2, {}, [(1, 2)])
+    await quorum.submit(CreateTopic("t", uuid.uuid4(), 1, 2, {}, [(1, 2)]))
     elections = metrics.REGISTRY.get_sample_value("brook_leader_elections_total")
-    await quorum.submit("fence_broker", 1, epochs[1])
+    await quorum.submit(FenceBroker(1, epochs[1]))
     assert quorum.state.topics["t"].partitions[0].leader == 2
-    await quorum.submit("unfence_broker", 1, epochs[1])
+    await quorum.submit(UnfenceBroker(1, epochs[1]))
     state = quorum.state.topics["t"].partitions[0]
     await quorum.submit(
-        "alter_partition", "t", 0, 2, state.leader_epoch, state.partition_epoch, (2, 1)
+        AlterPartition("t", 0, 2, state.leader_epoch, state.partition_epoch, (2, 1))
     )
     await settle()
     assert quorum.state.topics["t"].partitions[0].leader == 1
@@ -205,8 +212,8 @@ async def test_offline_partitions_are_counted_on_the_active_controller_only(
     controller: Controller, quorum: LocalQuorum
 ) -> None:
     epochs = await register(quorum, 1)
-    await quorum.submit("create_topic", "t", uuid.uuid4(), 2, 1, {}, None)
-    await quorum.submit("fence_broker", 1, epochs[1])
+    await quorum.submit(CreateTopic("t", uuid.uuid4(), 2, 1, {}, None))
+    await quorum.submit(FenceBroker(1, epochs[1]))
     assert controller.offline_partition_count() == 2
     quorum.is_active_controller = False
     assert controller.offline_partition_count() == 0

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import pytest
 from brook_broker.config import BrokerConfig
-from brook_broker.groups.coordinator import GroupCoordinator, subscription_topics
+from brook_broker.groups.coordinator import GroupCoordinator
 from brook_broker.groups.group import GroupState, JoinResult
+from brook_broker.groups.group_metadata import subscription_topics
 from brook_broker.groups.offsets_topic import partition_for
 from brook_broker.metadata.errors import ApiError
 from kio.schema.errors import ErrorCode
@@ -120,7 +121,7 @@ async def join(
     protocols: Sequence[tuple[str, bytes]] = (("range", subscription("orders")),),
     session_ms: int = SESSION_MS,
 ) -> JoinResult:
-    return await coordinator.join(
+    return await coordinator.membership.join(
         group,
         member_id,
         instance,
@@ -170,7 +171,7 @@ async def sync_all(coordinator: GroupCoordinator, results: Sequence[JoinResult])
     }
     answers = await asyncio.gather(
         *(
-            coordinator.sync(
+            coordinator.membership.sync(
                 "g",
                 result.generation,
                 result.member_id,
@@ -267,10 +268,13 @@ async def test_heartbeats_answer_by_generation_and_member(
     coordinator: GroupCoordinator, clock: Clock
 ) -> None:
     (member,) = await form_group(coordinator, clock, 1)
-    assert coordinator.heartbeat("g", 1, member.member_id, None) == ErrorCode.none
-    assert coordinator.heartbeat("g", 0, member.member_id, None) == ErrorCode.illegal_generation
-    assert coordinator.heartbeat("g", 1, "stranger", None) == ErrorCode.unknown_member_id
-    assert coordinator.heartbeat("nobody", 1, "x", None) == ErrorCode.unknown_member_id
+    assert coordinator.membership.heartbeat("g", 1, member.member_id, None) == ErrorCode.none
+    assert (
+        coordinator.membership.heartbeat("g", 0, member.member_id, None)
+        == ErrorCode.illegal_generation
+    )
+    assert coordinator.membership.heartbeat("g", 1, "stranger", None) == ErrorCode.unknown_member_id
+    assert coordinator.membership.heartbeat("nobody", 1, "x", None) == ErrorCode.unknown_member_id
 
 
 async def test_a_member_that_stops_heartbeating_loses_its_partitions(
@@ -279,16 +283,19 @@ async def test_a_member_that_stops_heartbeating_loses_its_partitions(
     survivor, silent = await form_group(coordinator, clock, 2)
     for _ in range(3):
         clock.advance(4)
-        assert coordinator.heartbeat("g", 1, survivor.member_id, None) == ErrorCode.none
+        assert coordinator.membership.heartbeat("g", 1, survivor.member_id, None) == ErrorCode.none
         coordinator.tick()
     # The silent member's session (10 s) is over: a rebalance starts without it.
     assert state(coordinator) is GroupState.PREPARING_REBALANCE
-    answer = coordinator.heartbeat("g", 1, survivor.member_id, None)
+    answer = coordinator.membership.heartbeat("g", 1, survivor.member_id, None)
     assert answer == ErrorCode.rebalance_in_progress
     rejoined = await join(coordinator, survivor.member_id)
     assert rejoined.generation == 2
     assert [member_id for member_id, _, _ in rejoined.members] == [survivor.member_id]
-    assert coordinator.heartbeat("g", 1, silent.member_id, None) == ErrorCode.unknown_member_id
+    assert (
+        coordinator.membership.heartbeat("g", 1, silent.member_id, None)
+        == ErrorCode.unknown_member_id
+    )
 
 
 async def test_a_member_that_does_not_rejoin_in_the_rebalance_timeout_is_dropped(
@@ -300,7 +307,7 @@ async def test_a_member_that_does_not_rejoin_in_the_rebalance_timeout_is_dropped
     await asyncio.sleep(0)
     for _ in range(5):  # 20 s rebalance timeout; the second member heartbeats but never rejoins
         clock.advance(4.1)
-        coordinator.heartbeat("g", 1, second.member_id, None)
+        coordinator.membership.heartbeat("g", 1, second.member_id, None)
         coordinator.tick()
     results = await asyncio.gather(newcomer, rejoin)
     assert {result.generation for result in results} == {2}
@@ -312,20 +319,20 @@ async def test_leaving_moves_partitions_at_once_and_the_last_leaves_it_empty(
     coordinator: GroupCoordinator, clock: Clock
 ) -> None:
     first, second = await form_group(coordinator, clock, 2)
-    assert coordinator.leave("g", [(second.member_id, None)]) == [ErrorCode.none]
+    assert coordinator.membership.leave("g", [(second.member_id, None)]) == [ErrorCode.none]
     assert state(coordinator) is GroupState.PREPARING_REBALANCE
     rejoined = await join(coordinator, first.member_id)
     assert rejoined.generation == 2
-    assert coordinator.leave("g", [(first.member_id, None)]) == [ErrorCode.none]
+    assert coordinator.membership.leave("g", [(first.member_id, None)]) == [ErrorCode.none]
     assert state(coordinator) is GroupState.EMPTY
-    assert coordinator.leave("g", [("gone", None)]) == [ErrorCode.unknown_member_id]
+    assert coordinator.membership.leave("g", [("gone", None)]) == [ErrorCode.unknown_member_id]
 
 
 async def test_a_sync_from_an_old_generation_is_refused(
     coordinator: GroupCoordinator, clock: Clock
 ) -> None:
     (member,) = await form_group(coordinator, clock, 1)
-    answer = await coordinator.sync(
+    answer = await coordinator.membership.sync(
         "g", 0, member.member_id, None, protocol_type=None, protocol=None, assignments={}
     )
     assert answer.error == ErrorCode.illegal_generation
@@ -351,7 +358,7 @@ async def test_a_restarted_static_member_keeps_its_assignment_without_a_rebalanc
     assert restarted.error == ErrorCode.none
     assert restarted.generation == follower.generation, "no rebalance"
     assert restarted.member_id != follower.member_id
-    answer = await coordinator.sync(
+    answer = await coordinator.membership.sync(
         "g",
         restarted.generation,
         restarted.member_id,
@@ -361,7 +368,7 @@ async def test_a_restarted_static_member_keeps_its_assignment_without_a_rebalanc
         assignments={},
     )
     assert answer.assignment == follower_assignment
-    fenced = coordinator.heartbeat("g", follower.generation, follower.member_id, "b")
+    fenced = coordinator.membership.heartbeat("g", follower.generation, follower.member_id, "b")
     assert fenced == ErrorCode.fenced_instance_id
 
 
@@ -372,14 +379,14 @@ async def test_committed_offsets_are_fetched_back(
     coordinator: GroupCoordinator, clock: Clock
 ) -> None:
     (member,) = await form_group(coordinator, clock, 1)
-    codes = await coordinator.commit_offsets(
+    codes = await coordinator.offsets.commit(
         "g", 1, member.member_id, None, {("orders", 0): (42, 3, "note"), ("orders", 9): (1, -1, "")}
     )
     assert codes == {
         ("orders", 0): ErrorCode.none,
         ("orders", 9): ErrorCode.unknown_topic_or_partition,
     }
-    fetched = coordinator.fetch_offsets("g", [("orders", 0), ("orders", 1)])
+    fetched = coordinator.offsets.fetch("g", [("orders", 0), ("orders", 1)])
     committed = fetched[("orders", 0)]
     assert committed is not None
     assert (committed.offset, committed.leader_epoch, committed.metadata) == (42, 3, "note")
@@ -397,14 +404,14 @@ async def test_commits_from_outside_the_generation_are_refused(
         (-1, "", ErrorCode.unknown_member_id),  # a standalone consumer, but the group has members
     ]:
         with pytest.raises(ApiError) as refused:
-            await coordinator.commit_offsets("g", generation, member_id, None, offsets)
+            await coordinator.offsets.commit("g", generation, member_id, None, offsets)
         assert refused.value.code == expected
 
 
 async def test_a_standalone_consumer_commits_to_a_group_without_members(
     coordinator: GroupCoordinator,
 ) -> None:
-    codes = await coordinator.commit_offsets("solo", -1, "", None, {("orders", 2): (7, -1, "")})
+    codes = await coordinator.offsets.commit("solo", -1, "", None, {("orders", 2): (7, -1, "")})
     assert codes == {("orders", 2): ErrorCode.none}
     listed = {group.group_id: group.state for group in coordinator.list_groups()}
     assert listed == {"solo": GroupState.EMPTY}
@@ -416,31 +423,31 @@ async def test_a_failed_write_commits_nothing(
     (member,) = await form_group(coordinator, clock, 1)
     offsets_log.failing = ErrorCode.not_coordinator
     with pytest.raises(ApiError) as refused:
-        await coordinator.commit_offsets(
+        await coordinator.offsets.commit(
             "g", 1, member.member_id, None, {("orders", 0): (5, -1, "")}
         )
     assert refused.value.code == ErrorCode.not_coordinator
-    assert coordinator.fetch_offsets("g", [("orders", 0)]) == {("orders", 0): None}
+    assert coordinator.offsets.fetch("g", [("orders", 0)]) == {("orders", 0): None}
 
 
 async def test_a_new_coordinator_loads_offsets_and_membership_from_the_log(
     coordinator: GroupCoordinator, offsets_log: MemoryOffsetsLog, clock: Clock
 ) -> None:
     first, second = await form_group(coordinator, clock, 2)
-    await coordinator.commit_offsets("g", 1, first.member_id, None, {("orders", 0): (10, 0, "")})
-    await coordinator.commit_offsets("g", 1, first.member_id, None, {("orders", 0): (20, 0, "")})
-    await coordinator.commit_offsets("g", 1, second.member_id, None, {("orders", 1): (5, 0, "")})
+    await coordinator.offsets.commit("g", 1, first.member_id, None, {("orders", 0): (10, 0, "")})
+    await coordinator.offsets.commit("g", 1, first.member_id, None, {("orders", 0): (20, 0, "")})
+    await coordinator.offsets.commit("g", 1, second.member_id, None, {("orders", 1): (5, 0, "")})
 
     successor = await make_coordinator(offsets_log, clock)
-    fetched = successor.fetch_offsets("g", None)
+    fetched = successor.offsets.fetch("g", None)
     assert {key: offset.offset for key, offset in fetched.items() if offset} == {
         ("orders", 0): 20,
         ("orders", 1): 5,
     }
     # The members carry on in their generation: no rebalance after a coordinator failover.
     assert state(successor) is GroupState.STABLE
-    assert successor.heartbeat("g", 1, first.member_id, None) == ErrorCode.none
-    answer = await successor.sync(
+    assert successor.membership.heartbeat("g", 1, first.member_id, None) == ErrorCode.none
+    answer = await successor.membership.sync(
         "g", 1, second.member_id, None, protocol_type=None, protocol=None, assignments={}
     )
     assert answer.assignment in (b"partition-0", b"partition-1")
@@ -454,14 +461,46 @@ async def test_requests_wait_while_the_groups_load(
     )
     coordinator.on_metadata_change()
     with pytest.raises(ApiError) as loading:
-        coordinator.fetch_offsets("g", None)
+        coordinator.offsets.fetch("g", None)
     assert loading.value.code == ErrorCode.coordinator_load_in_progress
     await asyncio.sleep(0.01)
-    assert coordinator.fetch_offsets("g", None) == {}
+    assert coordinator.offsets.fetch("g", None) == {}
     coordinator.on_leadership({})
     with pytest.raises(ApiError) as moved:
-        coordinator.fetch_offsets("g", None)
+        coordinator.offsets.fetch("g", None)
     assert moved.value.code == ErrorCode.not_coordinator
+
+
+class SlowOffsetsLog(MemoryOffsetsLog):
+    """Reads pause after the first record until ``resume`` is set, as a long partition
+    would take a while to read."""
+
+    def __init__(self, records: dict[int, list[tuple[bytes, bytes | None]]]) -> None:
+        super().__init__()
+        self.records = records
+        self.resume = asyncio.Event()
+
+    async def read(self, partition: int) -> AsyncIterator[tuple[bytes | None, bytes | None]]:
+        for index, record in enumerate(list(self.records[partition])):
+            if index == 1:
+                await self.resume.wait()
+            yield record
+
+
+async def test_restored_members_keep_their_session_while_the_rest_loads(
+    coordinator: GroupCoordinator, offsets_log: MemoryOffsetsLog, clock: Clock
+) -> None:
+    first, _ = await form_group(coordinator, clock, 2)
+    await coordinator.offsets.commit("g", 1, first.member_id, None, {("orders", 0): (10, 0, "")})
+    slow = SlowOffsetsLog(offsets_log.records)
+    successor = await make_coordinator(slow, clock)  # the membership is read, offsets not yet
+    clock.advance(1)
+    successor.tick()  # timers leave a partition still loading alone
+    slow.resume.set()
+    await asyncio.sleep(0.01)
+    assert state(successor) is GroupState.STABLE
+    assert successor.membership.heartbeat("g", 1, first.member_id, None) == ErrorCode.none
+    assert successor.offsets.fetch("g", [("orders", 0)])[("orders", 0)] is not None
 
 
 async def test_offsets_of_a_group_empty_for_the_retention_time_expire(
@@ -469,32 +508,32 @@ async def test_offsets_of_a_group_empty_for_the_retention_time_expire(
 ) -> None:
     coordinator = await make_coordinator(offsets_log, clock, retention_minutes=1)
     (member,) = await form_group(coordinator, clock, 1)
-    await coordinator.commit_offsets("g", 1, member.member_id, None, {("orders", 0): (3, -1, "")})
+    await coordinator.offsets.commit("g", 1, member.member_id, None, {("orders", 0): (3, -1, "")})
     clock.advance(120)  # members keep a group's offsets, however old
-    coordinator.heartbeat("g", 1, member.member_id, None)
+    coordinator.membership.heartbeat("g", 1, member.member_id, None)
     coordinator.tick()
-    assert coordinator.fetch_offsets("g", [("orders", 0)])[("orders", 0)] is not None
-    coordinator.leave("g", [(member.member_id, None)])
+    assert coordinator.offsets.fetch("g", [("orders", 0)])[("orders", 0)] is not None
+    coordinator.membership.leave("g", [(member.member_id, None)])
     clock.advance(59)
     coordinator.tick()
-    assert coordinator.fetch_offsets("g", [("orders", 0)])[("orders", 0)] is not None
+    assert coordinator.offsets.fetch("g", [("orders", 0)])[("orders", 0)] is not None
     clock.advance(2)
     coordinator.tick()
     await asyncio.sleep(0.01)
     assert state(coordinator) is GroupState.DEAD
     reloaded = await make_coordinator(offsets_log, clock)
-    assert reloaded.fetch_offsets("g", None) == {}
+    assert reloaded.offsets.fetch("g", None) == {}
 
 
 async def test_only_an_empty_group_is_deleted(
     coordinator: GroupCoordinator, offsets_log: MemoryOffsetsLog, clock: Clock
 ) -> None:
     (member,) = await form_group(coordinator, clock, 1)
-    await coordinator.commit_offsets("g", 1, member.member_id, None, {("orders", 0): (3, -1, "")})
+    await coordinator.offsets.commit("g", 1, member.member_id, None, {("orders", 0): (3, -1, "")})
     with pytest.raises(ApiError) as refused:
         await coordinator.delete_group("g")
     assert refused.value.code == ErrorCode.non_empty_group
-    coordinator.leave("g", [(member.member_id, None)])
+    coordinator.membership.leave("g", [(member.member_id, None)])
     await coordinator.delete_group("g")
     with pytest.raises(ApiError) as missing:
         await coordinator.delete_group("g")
@@ -507,14 +546,14 @@ async def test_offsets_of_a_subscribed_topic_are_not_deleted(
     coordinator: GroupCoordinator, clock: Clock
 ) -> None:
     (member,) = await form_group(coordinator, clock, 1)
-    await coordinator.commit_offsets(
+    await coordinator.offsets.commit(
         "g", 1, member.member_id, None, {("orders", 0): (3, -1, ""), ("orders", 1): (4, -1, "")}
     )
-    codes = await coordinator.delete_offsets("g", [("orders", 0)])
+    codes = await coordinator.offsets.delete("g", [("orders", 0)])
     assert codes == {("orders", 0): ErrorCode.group_subscribed_to_topic}
-    coordinator.leave("g", [(member.member_id, None)])
-    assert await coordinator.delete_offsets("g", [("orders", 0)]) == {("orders", 0): ErrorCode.none}
-    assert coordinator.fetch_offsets("g", None).keys() == {("orders", 1)}
+    coordinator.membership.leave("g", [(member.member_id, None)])
+    assert await coordinator.offsets.delete("g", [("orders", 0)]) == {("orders", 0): ErrorCode.none}
+    assert coordinator.offsets.fetch("g", None).keys() == {("orders", 1)}
 
 
 # --- the offsets topic ---------------------------------------------------------------------

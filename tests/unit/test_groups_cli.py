@@ -11,25 +11,24 @@ from typing import Any
 import pytest
 from brook_broker.protocol import codec
 from brook_broker.protocol.client import KafkaConnectionError
-from brook_broker.protocol.cluster_client import (
-    BrokersUnreachable,
-    KafkaRequestError,
-    parse_bootstrap,
-)
-from brook_cli.groups import (
+from brook_cli.main import format_group_lag, format_group_list, parse_arguments
+from brook_client.admin import KafkaAdmin
+from brook_client.group_admin import (
     GroupDescription,
     GroupLag,
     GroupMember,
     GroupNotFound,
-    GroupReader,
-    GroupsError,
-    OffsetReset,
     PartitionLag,
     decode_assignment,
     lag_rows,
-    partition_lag,
 )
-from brook_cli.main import format_group_lag, format_group_list, parse_arguments
+from brook_client.lag import OffsetReset, partition_lag
+from brook_client.session import (
+    BrokersUnreachable,
+    GroupsError,
+    KafkaRequestError,
+    parse_bootstrap,
+)
 from kio.index import load_response_schema
 from kio.schema.consumer_protocol_assignment.v0.data import (
     ConsumerProtocolAssignment as AssignmentV0,
@@ -408,8 +407,8 @@ def healthy_cluster(versions: Mapping[int, tuple[int, int]], coordinator: int = 
     )
 
 
-def reader(cluster: FakeCluster, bootstrap: str = "b0:9092", **options: Any) -> GroupReader:
-    return GroupReader(bootstrap, connect=cluster.connect, **options)
+def reader(cluster: FakeCluster, bootstrap: str = "b0:9092", **options: Any) -> KafkaAdmin:
+    return KafkaAdmin(bootstrap, connect=cluster.connect, **options)
 
 
 @pytest.mark.parametrize("versions", [NEW_VERSIONS, OLD_VERSIONS], ids=["newest", "oldest"])

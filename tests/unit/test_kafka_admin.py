@@ -7,13 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from brook_operator.kafka_admin import (
-    ConfigValue,
-    KafkaAdmin,
-    KafkaAdminError,
-    PartitionDescription,
-    Reassignment,
-)
+from brook_client.admin import KafkaAdmin
+from brook_client.cluster_admin import ConfigValue, PartitionDescription, Reassignment
+from brook_client.session import KafkaAdminError
 from kio.schema.errors import ErrorCode
 
 from .test_groups_cli import FakeCluster

@@ -7,6 +7,12 @@ import uuid
 
 import pytest
 from brook_broker.metadata.cluster_state import ClusterState
+from brook_broker.metadata.commands import (
+    AlterTopicConfigs,
+    CreateTopic,
+    RegisterBroker,
+    UnfenceBroker,
+)
 from brook_broker.metadata.digest import DIGEST_BITS, canonical, digest
 
 TOPIC_ID = uuid.UUID("00000000-0000-0000-0000-00000000000a")
@@ -15,9 +21,9 @@ TOPIC_ID = uuid.UUID("00000000-0000-0000-0000-00000000000a")
 def state(*brokers: int) -> ClusterState:
     built = ClusterState()
     for node in brokers:
-        built.register_broker(node, "127.0.0.1", 9092 + node, None)
-        built.unfence_broker(node, 1)
-    built.create_topic("orders", TOPIC_ID, 3, 2, {"cleanup.policy": "compact"})
+        built.apply(RegisterBroker(node, "127.0.0.1", 9092 + node, None))
+        built.apply(UnfenceBroker(node, 1))
+    built.apply(CreateTopic("orders", TOPIC_ID, 3, 2, {"cleanup.policy": "compact"}))
     return built
 
 
@@ -29,7 +35,7 @@ def test_equal_states_built_in_another_order_have_one_digest() -> None:
 def test_any_difference_changes_the_digest() -> None:
     before = state(0, 1, 2)
     after = before.copy()
-    after.alter_topic_configs("orders", {"retention.ms": "1000"})
+    after.apply(AlterTopicConfigs("orders", {"retention.ms": "1000"}))
     assert digest(before) != digest(after)
     assert digest((1, 2)) != digest((2, 1))
     assert digest({"a": None}) != digest({"a": 0})

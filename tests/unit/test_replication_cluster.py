@@ -15,15 +15,24 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from brook_broker.api.api_versions import SUPPORTED_VERSIONS
-from brook_broker.api.context import ApiContext, AppendNotifier
+from brook_broker.api.context import ApiContext
 from brook_broker.api.dispatcher import Dispatcher
 from brook_broker.config import BrokerConfig
 from brook_broker.groups.coordinator import GroupCoordinator
 from brook_broker.metadata.cluster_state import ClusterState
+from brook_broker.metadata.commands import (
+    AlterReassignment,
+    Command,
+    CreateTopic,
+    DeleteTopic,
+    FenceBroker,
+    RegisterBroker,
+    UnfenceBroker,
+)
 from brook_broker.protocol import codec
 from brook_broker.protocol.client import KafkaConnectionError, decode_response, encode_request
 from brook_broker.replication import ReplicaManager, Role
@@ -34,10 +43,12 @@ from kio.index import load_request_schema
 from kio.schema.errors import ErrorCode
 
 from tests.support.batches import make_batch
+from tests.support.dispatch import answer_of
 
 PORT_BASE = 9000
 LAG_MS = 400
 TOPIC = "orders"
+Result = TypeVar("Result")
 
 
 class SharedMetadata:
@@ -47,9 +58,9 @@ class SharedMetadata:
         self.state = ClusterState()
         self.listeners: list[Callable[[], None]] = []
 
-    async def submit(self, command: str, *args: Any, timeout: float = 10.0) -> Any:
+    async def submit(self, command: Command[Result], *, timeout: float = 10.0) -> Result:
         try:
-            return getattr(self.state, command)(*args)
+            return self.state.apply(command)
         finally:
             for listener in list(self.listeners):
                 listener()
@@ -68,8 +79,8 @@ class MemberQuorum:
     def state(self) -> ClusterState:
         return self._metadata.state
 
-    async def submit(self, command: str, *args: Any, timeout: float = 10.0) -> Any:
-        return await self._metadata.submit(command, *args, timeout=timeout)
+    async def submit(self, command: Command[Result], *, timeout: float = 10.0) -> Result:
+        return await self._metadata.submit(command, timeout=timeout)
 
 
 class LoopbackClient:
@@ -90,7 +101,9 @@ class LoopbackClient:
             raise KafkaConnectionError(f"broker {self._target} cannot be reached")
         frame = encode_request(api_key, api_version, next(self._ids), "loopback", body)
         request = codec.decode_request(memoryview(frame)[4:], SUPPORTED_VERSIONS)
-        handling = asyncio.ensure_future(self._cluster.dispatchers[self._target].handle(request))
+        handling = asyncio.ensure_future(
+            answer_of(self._cluster.dispatchers[self._target], request)
+        )
         dropped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._dropped.add(dropped)
         try:
@@ -131,7 +144,7 @@ class Cluster:
 
     async def start(self) -> None:
         for node in range(self.size):
-            await self.metadata.submit("register_broker", node, "loopback", PORT_BASE + node, None)
+            await self.metadata.submit(RegisterBroker(node, "loopback", PORT_BASE + node, None))
         for node in range(self.size):
             config = BrokerConfig(
                 node_id=node,
@@ -141,13 +154,11 @@ class Cluster:
             )
             quorum = MemberQuorum(node, self.metadata)
             logs = LogManager(config.data_dir)
-            appends = AppendNotifier()
             replicas = ReplicaManager(
                 node,
                 config,
                 logs,
                 quorum,  # type: ignore[arg-type]
-                appends,
                 connect=lambda host, port, client_id, source=node: LoopbackClient(
                     self, source, port - PORT_BASE
                 ),
@@ -155,7 +166,7 @@ class Cluster:
             await replicas.start()
             self.metadata.listeners.append(replicas.on_metadata_change)
             groups = GroupCoordinator.for_broker(config, quorum, replicas)  # type: ignore[arg-type]
-            context = ApiContext(config, quorum, logs, appends, replicas, groups)  # type: ignore[arg-type]
+            context = ApiContext(config, quorum, logs, replicas, groups)  # type: ignore[arg-type]
             self.replicas[node] = replicas
             # Followers fetch from the leaders' internal listeners.
             self.dispatchers[node] = Dispatcher(context, internal=True)
@@ -178,13 +189,13 @@ class Cluster:
 
     async def create_topic(self, partitions: int = 1, **configs: str) -> None:
         await self.metadata.submit(
-            "create_topic", TOPIC, uuid.uuid4(), partitions, 3, dict(configs), None
+            CreateTopic(TOPIC, uuid.uuid4(), partitions, 3, dict(configs), None)
         )
 
     async def call(self, node: int, api_key: int, version: int, body: dict[str, Any]) -> Any:
         request_type = load_request_schema(api_key, version)
         request = codec.Request(api_key, version, 1, "test", codec.build(request_type, body))
-        answer = await self.dispatchers[node].handle(request)
+        answer = await answer_of(self.dispatchers[node], request)
         frame = codec.encode_response(request, answer)
         return decode_response(api_key, version, frame[4:])
 
@@ -317,7 +328,7 @@ async def test_a_deposed_leaders_divergent_tail_is_truncated(cluster: Cluster) -
     divergent_end = cluster.log(old).log_end_offset
     assert divergent_end == 13
     epoch = cluster.metadata.state.brokers[old].epoch
-    await cluster.metadata.submit("fence_broker", old, epoch)  # its session expired
+    await cluster.metadata.submit(FenceBroker(old, epoch))  # its session expired
     new = cluster.partition_state().leader
     assert new in others and cluster.partition_state().leader_epoch == 1
     deposed = cluster.replicas[old].partition(TOPIC, 0)
@@ -328,7 +339,7 @@ async def test_a_deposed_leaders_divergent_tail_is_truncated(cluster: Cluster) -
     answer = await cluster.produce(new, [b"new-leader"] * 2)
     assert answer.error_code == ErrorCode.none and answer.base_offset == 1
     cluster.cut.clear()
-    await cluster.metadata.submit("unfence_broker", old, epoch)
+    await cluster.metadata.submit(UnfenceBroker(old, epoch))
     await eventually(lambda: old in cluster.partition_state().isr)
     high_watermark = cluster.log(new).high_watermark
     assert high_watermark == 3
@@ -363,16 +374,16 @@ async def test_a_follower_behind_the_leaders_log_start_starts_over_there(
 
 
 async def test_replicas_follow_reassignment_and_topic_deletion(cluster: Cluster) -> None:
-    await cluster.metadata.submit("create_topic", TOPIC, uuid.uuid4(), 1, 2, {}, [(0, 1)])
+    await cluster.metadata.submit(CreateTopic(TOPIC, uuid.uuid4(), 1, 2, {}, [(0, 1)]))
     await eventually(lambda: cluster.replicas[0].partition(TOPIC, 0) is not None)
     assert cluster.replicas[2].partition(TOPIC, 0) is None
     assert (await cluster.produce(0, [b"a", b"b"])).error_code == ErrorCode.none
-    await cluster.metadata.submit("alter_reassignment", TOPIC, 0, [1, 2])
+    await cluster.metadata.submit(AlterReassignment(TOPIC, 0, [1, 2]))
     await eventually(lambda: cluster.partition_state().replicas == (1, 2), timeout=10)
     await eventually(lambda: cluster.replicas[0].partition(TOPIC, 0) is None)
     assert not (cluster.tmp_path / "broker-0" / f"{TOPIC}-0").exists()
     assert everything(cluster.log(2)) == everything(cluster.log(1))
-    await cluster.metadata.submit("delete_topic", TOPIC)
+    await cluster.metadata.submit(DeleteTopic(TOPIC))
     for node in range(3):
         assert cluster.replicas[node].partition(TOPIC, 0) is None
         assert not (cluster.tmp_path / f"broker-{node}" / f"{TOPIC}-0").exists()
@@ -440,7 +451,7 @@ async def test_consumers_read_below_the_high_watermark_and_followers_up_to_the_e
     # no leader at all.
     for node in [n for n in range(3) if n != leader] + [leader]:
         epoch = cluster.metadata.state.brokers[node].epoch
-        await cluster.metadata.submit("fence_broker", node, epoch)
+        await cluster.metadata.submit(FenceBroker(node, epoch))
     stale = await cluster.fetch(leader, 0, current_leader_epoch=0)
     assert stale.error_code == ErrorCode.fenced_leader_epoch
     metadata = await cluster.call(follower, 3, 12, {"topics": [{"name": TOPIC}]})
@@ -454,7 +465,7 @@ async def test_consumers_read_below_the_high_watermark_and_followers_up_to_the_e
 
 @pytest.mark.parametrize("cluster", [{"throttle": 20_000}], indirect=True)
 async def test_replicas_being_added_are_throttled(cluster: Cluster) -> None:
-    await cluster.metadata.submit("create_topic", TOPIC, uuid.uuid4(), 1, 2, {}, [(0, 1)])
+    await cluster.metadata.submit(CreateTopic(TOPIC, uuid.uuid4(), 1, 2, {}, [(0, 1)]))
     await eventually(lambda: cluster.replicas[0].partition(TOPIC, 0) is not None)
     for round_ in range(6):
         answer = await cluster.produce(0, [b"%d" % round_ * 2000] * 5)
@@ -462,7 +473,7 @@ async def test_replicas_being_added_are_throttled(cluster: Cluster) -> None:
     size = cluster.log(0).size_bytes
     assert size > 50_000
     started = time.monotonic()
-    await cluster.metadata.submit("alter_reassignment", TOPIC, 0, [0, 1, 2])
+    await cluster.metadata.submit(AlterReassignment(TOPIC, 0, [0, 1, 2]))
     await eventually(lambda: cluster.partition_state().adding == (), timeout=10)
     elapsed = time.monotonic() - started
     # 20 kB saved up, then 20 kB/s, and a batch is sent whole (its overdraft paid off

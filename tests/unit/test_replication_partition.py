@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from brook_broker import metrics
 from brook_broker.config import BrokerConfig
+from brook_broker.metadata.commands import AlterPartition
 from brook_broker.metadata.errors import ApiError
 from brook_broker.metadata.model import PartitionState
 from brook_broker.replication.partition import ISR_RETRY_SECONDS, Partition, Role
@@ -36,24 +37,24 @@ class Clock:
 
 
 class FakeQuorum:
-    """Applies alter_partition like the controller would, or refuses with ``refusal``."""
+    """Applies AlterPartition like the controller would, or refuses with ``refusal``."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
+        self.calls: list[AlterPartition] = []
         self.refusal: ApiError | None = None
         self.partition: Partition | None = None
 
-    async def submit(self, command: str, *args: Any) -> Any:
-        self.calls.append((command, *args))
+    async def submit(self, command: AlterPartition) -> PartitionState:
+        self.calls.append(command)
         await asyncio.sleep(0)
         if self.refusal is not None:
             raise self.refusal
-        assert command == "alter_partition"
-        _, _, _, _, partition_epoch, isr = args
         assert self.partition is not None
         state = self.partition.state
-        assert partition_epoch == state.partition_epoch
-        return replace(state, isr=tuple(isr), partition_epoch=partition_epoch + 1)
+        assert command.partition_epoch == state.partition_epoch
+        return replace(
+            state, isr=tuple(command.new_isr), partition_epoch=command.partition_epoch + 1
+        )
 
 
 class Harness:
@@ -164,7 +165,7 @@ async def test_lagging_followers_leave_the_isr_and_waiters_are_answered(tmp_path
     h.partition.shrink_isr_if_lagging()
     h.partition.shrink_isr_if_lagging()  # one proposal at a time
     await settle()
-    assert h.quorum.calls == [("alter_partition", "orders", 0, 0, 3, 10, [0, 1])]
+    assert h.quorum.calls == [AlterPartition("orders", 0, 0, 3, 10, [0, 1])]
     assert h.partition.state.isr == (0, 1)
     assert metrics.ISR_SHRINKS._value.get() == shrinks + 1
     assert waiter.result() == ErrorCode.none
@@ -191,7 +192,7 @@ async def test_a_caught_up_follower_rejoins_the_isr(tmp_path: Path) -> None:
     assert h.quorum.calls == []
     h.partition.follower_fetched(2, end)
     await settle()
-    assert h.quorum.calls == [("alter_partition", "orders", 0, 0, 3, 11, [0, 1, 2])]
+    assert h.quorum.calls == [AlterPartition("orders", 0, 0, 3, 11, [0, 1, 2])]
     assert h.partition.state.isr == (0, 1, 2)
     assert metrics.ISR_EXPANDS._value.get() == expands + 1
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
-from brook_operator.kafka_admin import PartitionDescription, TopicDescription
+from brook_client.cluster_admin import PartitionDescription, TopicDescription
 from brook_operator.topic_plan import (
     AlterConfigs,
     CreateTopic,

@@ -11,7 +11,6 @@ are applied.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,6 +21,13 @@ from ..config import WILDCARD_HOSTS, BrokerConfig
 from ..controller.controller import Controller
 from ..groups.coordinator import GroupCoordinator
 from ..metadata.cluster_state import ClusterState
+from ..metadata.commands import (
+    AllocateProducerIds,
+    AlterTopicConfigs,
+    CreatePartitions,
+    CreateTopic,
+    DeleteTopic,
+)
 from ..metadata.errors import ApiError
 from ..metadata.model import TopicState
 from ..metadata.quorum import MetadataQuorum
@@ -33,42 +39,6 @@ from ..storage.manager import LogManager
 PRODUCER_ID_BLOCK = 1000
 """Producer ids are taken from the quorum this many at a time, so most InitProducerId
 requests commit nothing."""
-
-
-class AppendNotifier:
-    """Wakes fetches waiting for data (``min_bytes`` not reached) when a partition grows.
-
-    A waiting fetch registers one event under each partition it reads; an append sets
-    the events registered under its partition. Nothing polls.
-    """
-
-    def __init__(self) -> None:
-        self._waiters: dict[tuple[str, int], set[asyncio.Event]] = {}
-
-    def notify(self, topic: str, partition: int) -> None:
-        waiters = self._waiters.pop((topic, partition), None)
-        if waiters:
-            for event in waiters:
-                event.set()
-
-    async def wait(self, partitions: Iterable[tuple[str, int]], timeout: float) -> None:
-        """Return after an append to one of ``partitions``, or after ``timeout`` seconds."""
-        event = asyncio.Event()
-        keys = list(partitions)
-        for key in keys:
-            self._waiters.setdefault(key, set()).add(event)
-        try:
-            async with asyncio.timeout(timeout):
-                await event.wait()
-        except TimeoutError:
-            pass
-        finally:
-            for key in keys:
-                waiters = self._waiters.get(key)
-                if waiters is not None:
-                    waiters.discard(event)
-                    if not waiters:
-                        del self._waiters[key]
 
 
 class TopicsView:
@@ -95,8 +65,7 @@ class ApiContext:
         config: BrokerConfig,
         quorum: MetadataQuorum,
         logs: LogManager,
-        appends: AppendNotifier,
-        replicas: ReplicaManager | None,
+        replicas: ReplicaManager,
         groups: GroupCoordinator,
         controller: Controller | None = None,
     ) -> None:
@@ -104,9 +73,8 @@ class ApiContext:
         self.quorum = quorum
         self.topics = TopicsView(quorum)
         self.logs = logs
-        self.appends = appends
         self.replicas = replicas
-        """This broker's replicas (leaders and followers); None before it has started."""
+        """The front door of appends and fetches, and this broker's replicas."""
         self.groups = groups
         self.controller = controller
         """The controller's duties, on voters; None on observers."""
@@ -155,7 +123,7 @@ class ApiContext:
         assignments: Sequence[Sequence[int]] | None = None,
         validate_only: bool = False,
     ) -> TopicState:
-        arguments = (
+        command = CreateTopic(
             name,
             self._new_topic_id(),
             partitions,
@@ -164,11 +132,10 @@ class ApiContext:
             None if assignments is None else [tuple(replicas) for replicas in assignments],
             self.partition_limits,
         )
-        trial = self._trial().create_topic(*arguments)
+        trial = self._trial().apply(command)
         if validate_only:
             return trial
-        topic: TopicState = await self.quorum.submit("create_topic", *arguments)
-        return topic
+        return await self.quorum.submit(command)
 
     async def delete_topic(self, name: str) -> TopicState:
         topic = self.topics.get(name)
@@ -177,7 +144,7 @@ class ApiContext:
                 ErrorCode.unknown_topic_or_partition,
                 f"This server does not host this topic: {name}",
             )
-        await self.quorum.submit("delete_topic", name)
+        await self.quorum.submit(DeleteTopic(name))
         self._settings.pop(name, None)
         return topic
 
@@ -189,32 +156,30 @@ class ApiContext:
         *,
         validate_only: bool = False,
     ) -> TopicState:
-        arguments = (
+        command = CreatePartitions(
             name,
             total,
             None if assignments is None else [tuple(replicas) for replicas in assignments],
             self.partition_limits,
         )
-        trial = self._trial().create_partitions(*arguments)
+        trial = self._trial().apply(command)
         if validate_only:
             return trial
-        topic: TopicState = await self.quorum.submit("create_partitions", *arguments)
-        return topic
+        return await self.quorum.submit(command)
 
     async def alter_configs(
         self, name: str, configs: Mapping[str, str], *, validate_only: bool = False
     ) -> TopicState:
         """Replace a topic's config overrides with ``configs``."""
-        overrides = validate_overrides(configs.items())
+        command = AlterTopicConfigs(name, validate_overrides(configs.items()))
         if validate_only:
-            return self._trial().alter_topic_configs(name, overrides)
-        topic: TopicState = await self.quorum.submit("alter_topic_configs", name, overrides)
-        return topic
+            return self._trial().apply(command)
+        return await self.quorum.submit(command)
 
     async def allocate_producer_id(self) -> int:
         """A producer id never handed out before, by any broker, not even before a restart."""
         while self._next_producer_id >= self._producer_id_limit:
-            first: int = await self.quorum.submit("allocate_producer_ids", PRODUCER_ID_BLOCK)
+            first = await self.quorum.submit(AllocateProducerIds(PRODUCER_ID_BLOCK))
             if self._next_producer_id >= self._producer_id_limit:
                 self._next_producer_id, self._producer_id_limit = first, first + PRODUCER_ID_BLOCK
         producer_id = self._next_producer_id

@@ -12,8 +12,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from ..groups.offsets_topic import OFFSETS_TOPIC, partition_for
-from ..groups.replicated_log import ensure_topic
+from ..groups.offsets_topic import OFFSETS_TOPIC, OFFSETS_TOPIC_CONFIGS, partition_for
 from ..metadata.errors import ApiError
 from ..metadata.model import NO_LEADER
 from ..protocol.codec import Request
@@ -65,7 +64,7 @@ async def _locate(context: ApiContext, key_type: int, key: str) -> tuple[int, st
     if not key:
         raise ApiError(ErrorCode.invalid_request, "The group id is empty")
     try:
-        await ensure_topic(context)
+        await _ensure_offsets_topic(context)
     except ApiError as error:
         raise ApiError(
             ErrorCode.coordinator_not_available, f"{OFFSETS_TOPIC} cannot be made yet: {error}"
@@ -81,3 +80,22 @@ async def _locate(context: ApiContext, key_type: int, key: str) -> tuple[int, st
             f"{OFFSETS_TOPIC}-{partition}, which holds group {key}, has no leader",
         )
     return leader, broker.host, broker.port
+
+
+async def _ensure_offsets_topic(context: ApiContext) -> None:
+    """Make ``__consumer_offsets`` unless it exists (a concurrent request may make it)."""
+    if context.topics.get(OFFSETS_TOPIC) is not None:
+        return
+    config = context.config
+    brokers = sum(1 for broker in context.quorum.state.brokers.values() if not broker.fenced)
+    replication_factor = max(1, min(config.offsets_topic_replication_factor, brokers))
+    try:
+        await context.create_topic(
+            OFFSETS_TOPIC,
+            config.offsets_topic_num_partitions,
+            replication_factor,
+            OFFSETS_TOPIC_CONFIGS.items(),
+        )
+    except ApiError as error:
+        if error.code != ErrorCode.topic_already_exists:
+            raise

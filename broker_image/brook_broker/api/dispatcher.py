@@ -10,7 +10,7 @@ any request reaches a dispatcher).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from kio.index import load_request_schema
@@ -18,6 +18,7 @@ from kio.index import load_request_schema
 from .. import metrics
 from ..protocol.codec import Request
 from ..protocol.sasl import SASL_VERSIONS
+from ..protocol.server import Answer, Deferred
 from . import (
     api_versions,
     broker_heartbeat,
@@ -43,7 +44,7 @@ from .api_versions import SUPPORTED_VERSIONS
 from .context import ApiContext
 from .errors import api_name
 
-Handler = Callable[[ApiContext, Request], Awaitable[Mapping[str, Any] | None]]
+Handler = Callable[[ApiContext, Request], Awaitable[Answer]]
 
 HANDLERS: Mapping[int, Handler] = {
     api_versions.PRODUCE: produce.handle,
@@ -79,6 +80,16 @@ HANDLERS: Mapping[int, Handler] = {
 }
 
 
+async def _timed(
+    body: Coroutine[Any, Any, Mapping[str, Any]], route: _Route, started: float
+) -> Mapping[str, Any]:
+    """A deferred answer counts in the request's latency until it is ready."""
+    try:
+        return await body
+    finally:
+        route.latency.observe(time.perf_counter() - started)
+
+
 class _Route:
     """A handler with its metric children, looked up once rather than per request."""
 
@@ -112,7 +123,7 @@ class Dispatcher:
         handlers = {**HANDLERS, api_versions.API_VERSIONS: self._answer_api_versions}
         self._routes = {key: _Route(key, handler) for key, handler in handlers.items()}
 
-    async def handle(self, request: Request) -> Mapping[str, Any] | None:
+    async def handle(self, request: Request) -> Answer:
         route = self._routes[request.api_key]
         route.requests.inc()
         if not self._internal:
@@ -120,10 +131,15 @@ class Dispatcher:
             if refused is not None:
                 return refused
         started = time.perf_counter()
+        answer = None
         try:
-            return await route.handler(self._context, request)
+            answer = await route.handler(self._context, request)
+            if isinstance(answer, Deferred):
+                answer = Deferred(_timed(answer.body, route, started))
+            return answer
         finally:
-            route.latency.observe(time.perf_counter() - started)
+            if not isinstance(answer, Deferred):
+                route.latency.observe(time.perf_counter() - started)
 
     def api_versions_body(self) -> Mapping[str, Any]:
         return self._api_versions

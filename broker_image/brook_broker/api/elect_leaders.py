@@ -15,6 +15,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from ..metadata.cluster_state import PREFERRED, UNCLEAN
+from ..metadata.commands import ElectLeaders
 from ..metadata.errors import ApiError
 from ..protocol.codec import Request
 from .context import ApiContext
@@ -46,11 +47,11 @@ async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
         )
     try:
         results: Mapping[tuple[str, int], ApiError | None] = await context.quorum.submit(
-            "elect_leaders", election, partitions, timeout=body.timeout.total_seconds()
+            ElectLeaders(election, partitions), timeout=body.timeout.total_seconds()
         )
-    except ApiError as error:
-        count_error(request, error.code)
-        results = dict.fromkeys(partitions, error)
+    except ApiError as refused:
+        count_error(request, refused.code)
+        results = dict.fromkeys(partitions, refused)
     by_topic: dict[str, list[dict[str, Any]]] = {}
     for (topic, index), error in results.items():
         if error is not None:

@@ -34,7 +34,7 @@ async def offset_commit(context: ApiContext, request: Request) -> Mapping[str, A
         for partition in topic.partitions
     }
     try:
-        codes = await context.groups.commit_offsets(
+        codes = await context.groups.offsets.commit(
             body.group_id,
             body.generation_id_or_member_epoch,
             body.member_id,
@@ -82,7 +82,7 @@ def _fetch_group(
         else [(topic.name, index) for topic in topics for index in topic.partition_indexes]
     )
     try:
-        offsets = context.groups.fetch_offsets(group_id, wanted)
+        offsets = context.groups.offsets.fetch(group_id, wanted)
         group_error = ErrorCode.none
     except ApiError as error:
         count_error(request, error.code)
@@ -126,7 +126,7 @@ async def offset_delete(context: ApiContext, request: Request) -> Mapping[str, A
         for partition in topic.partitions
     ]
     try:
-        codes = await context.groups.delete_offsets(body.group_id, partitions)
+        codes = await context.groups.offsets.delete(body.group_id, partitions)
     except ApiError as error:
         count_error(request, error.code)
         return {"error_code": error.code, "topics": []}

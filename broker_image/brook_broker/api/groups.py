@@ -2,7 +2,7 @@
 and the group admin APIs ListGroups, DescribeGroups, DeleteGroups.
 
 Each handler turns the request into a call on the group coordinator and its answer into
-the response of the version asked for; the protocol itself is in ``groups.coordinator``.
+the response of the version asked for; the protocol itself is in ``groups.group_metadata``.
 Assignors run in the clients: member metadata and assignments are relayed as opaque bytes.
 """
 
@@ -36,7 +36,7 @@ async def join_group(context: ApiContext, request: Request) -> Mapping[str, Any]
         session_timeout_ms if rebalance_timeout is None else _milliseconds(rebalance_timeout)
     )
     try:
-        result = await context.groups.join(
+        result = await context.groups.membership.join(
             body.group_id,
             body.member_id,
             getattr(body, "group_instance_id", None),
@@ -73,7 +73,7 @@ async def join_group(context: ApiContext, request: Request) -> Mapping[str, Any]
 async def sync_group(context: ApiContext, request: Request) -> Mapping[str, Any]:
     body = request.body
     try:
-        result = await context.groups.sync(
+        result = await context.groups.membership.sync(
             body.group_id,
             body.generation_id,
             body.member_id,
@@ -97,7 +97,7 @@ async def sync_group(context: ApiContext, request: Request) -> Mapping[str, Any]
 async def heartbeat(context: ApiContext, request: Request) -> Mapping[str, Any]:
     body = request.body
     try:
-        code = context.groups.heartbeat(
+        code = context.groups.membership.heartbeat(
             body.group_id,
             body.generation_id,
             body.member_id,
@@ -119,7 +119,7 @@ async def leave_group(context: ApiContext, request: Request) -> Mapping[str, Any
         else [(member.member_id, member.group_instance_id) for member in members]
     )
     try:
-        codes = context.groups.leave(body.group_id, leaving)
+        codes = context.groups.membership.leave(body.group_id, leaving)
     except ApiError as error:
         count_error(request, error.code)
         return {"error_code": error.code, "members": []}

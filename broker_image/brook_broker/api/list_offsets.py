@@ -20,7 +20,7 @@ from ..metadata.errors import ApiError
 from ..protocol.codec import Request
 from ..storage.log import PartitionLog
 from .context import ApiContext
-from .errors import count_error, leader_replica
+from .errors import count_error
 
 LATEST = -1
 EARLIEST = -2
@@ -52,8 +52,8 @@ def _list(context: ApiContext, request: Request, topic_name: str, requested: Any
         "leader_epoch": -1,
     }
     try:
-        partition = leader_replica(
-            context, topic_name, index, getattr(requested, "current_leader_epoch", -1)
+        partition = context.replicas.leader_partition(
+            topic_name, index, getattr(requested, "current_leader_epoch", -1)
         )
     except ApiError as error:
         answer["error_code"] = error.code

@@ -17,7 +17,7 @@ from kio.schema.errors import ErrorCode
 from ..metadata.errors import ApiError
 from ..protocol.codec import Request
 from .context import ApiContext
-from .errors import count_error, leader_replica
+from .errors import count_error
 
 
 async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
@@ -32,8 +32,7 @@ async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
                 "end_offset": -1,
             }
             try:
-                partition = leader_replica(
-                    context,
+                partition = context.replicas.leader_partition(
                     requested_topic.topic,
                     requested.partition,
                     requested.current_leader_epoch,

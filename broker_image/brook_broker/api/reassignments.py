@@ -14,6 +14,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
+from ..metadata.commands import AlterReassignment
 from ..metadata.errors import ApiError
 from ..protocol.codec import Request
 from .context import ApiContext
@@ -78,7 +79,7 @@ async def _reassign(
     target = None if replicas is None else list(replicas)
     try:
         await context.quorum.submit(
-            "alter_reassignment", name, index, target, context.partition_limits, timeout=timeout
+            AlterReassignment(name, index, target, context.partition_limits), timeout=timeout
         )
     except ApiError as error:
         return error

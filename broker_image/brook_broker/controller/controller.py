@@ -2,7 +2,7 @@
 
 Every voter runs one; it acts only while its node leads the Raft quorum. Sessions live
 in memory: the controller notes when each broker last heartbeated, and fences a broker
-(``fence_broker``: its leaderships pass to other ISR members) once it has been silent for
+(``FenceBroker``: its leaderships pass to other ISR members) once it has been silent for
 ``--broker-session-timeout-ms``, or at once when the connection its heartbeats came on
 closes and no new heartbeat follows within one interval (a killed process closes its
 sockets). A controller that just took over knows nobody's last heartbeat: it starts every
@@ -32,6 +32,7 @@ from kio.schema.errors import ErrorCode
 from .. import metrics
 from ..config import BrokerConfig
 from ..metadata.cluster_state import PREFERRED
+from ..metadata.commands import BeginControlledShutdown, ElectLeaders, FenceBroker, UnfenceBroker
 from ..metadata.errors import ApiError
 from ..metadata.model import BrokerRegistration, TopicState
 from ..metadata.quorum import MetadataQuorum
@@ -117,7 +118,7 @@ class Controller:
         self._heard[node_id] = (epoch, self._clock())
         try:
             if want_shut_down:
-                done = await self._quorum.submit("begin_controlled_shutdown", node_id, epoch)
+                done = await self._quorum.submit(BeginControlledShutdown(node_id, epoch))
                 if done:
                     log.info("broker may shut down", extra={"broker": node_id})
                 return HeartbeatAnswer(
@@ -125,7 +126,7 @@ class Controller:
                     should_shut_down=done,
                 )
             if broker.fenced:
-                await self._quorum.submit("unfence_broker", node_id, epoch)
+                await self._quorum.submit(UnfenceBroker(node_id, epoch))
                 log.info("broker unfenced", extra={"broker": node_id, "epoch": epoch})
         except ApiError as error:
             return HeartbeatAnswer(error.code)
@@ -246,7 +247,7 @@ class Controller:
 
     async def _fence_broker(self, broker: BrokerRegistration, reason: str) -> None:
         try:
-            await self._quorum.submit("fence_broker", broker.node_id, broker.epoch)
+            await self._quorum.submit(FenceBroker(broker.node_id, broker.epoch))
             log.warning(
                 "fenced broker",
                 extra={"broker": broker.node_id, "epoch": broker.epoch, "reason": reason},
@@ -260,7 +261,7 @@ class Controller:
 
     async def _rebalance(self, partitions: list[tuple[str, int]]) -> None:
         try:
-            results = await self._quorum.submit("elect_leaders", PREFERRED, partitions)
+            results = await self._quorum.submit(ElectLeaders(PREFERRED, partitions))
         except ApiError as error:
             log.warning("preferred leader election failed", extra={"error": error.message})
             return

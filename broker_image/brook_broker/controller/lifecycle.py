@@ -19,6 +19,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from ..config import BrokerConfig
+from ..metadata.commands import RegisterBroker
 from ..metadata.errors import ApiError
 from ..metadata.quorum import MetadataQuorum
 from ..protocol.client import KafkaClient, KafkaConnectionError, KafkaProtocolError
@@ -98,7 +99,7 @@ class BrokerLifecycle:
         while True:
             try:
                 self.epoch = await self._quorum.submit(
-                    "register_broker", node_id, host, port, self._config.rack, *self._internal
+                    RegisterBroker(node_id, host, port, self._config.rack, *self._internal)
                 )
             except ApiError as error:
                 if error.code not in (ErrorCode.not_controller, ErrorCode.request_timed_out):

@@ -7,7 +7,8 @@ the JoinGroup answers are out and the leader's assignment is awaited in SyncGrou
 **Stable** once the assignment is handed out. **Dead** is a group deleted or unloaded.
 
 This module holds data and the choices that follow from it alone (protocol vote, who
-leads); the protocol's flows, timers and persistence are the coordinator's.
+leads); the protocol's flows, timers and persistence are in ``group_metadata`` and
+``offset_metadata``.
 """
 
 from __future__ import annotations

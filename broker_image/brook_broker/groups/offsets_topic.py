@@ -17,6 +17,8 @@ import struct
 from dataclasses import dataclass
 
 OFFSETS_TOPIC = "__consumer_offsets"
+OFFSETS_TOPIC_CONFIGS = {"retention.ms": "-1", "segment.bytes": str(100 * 1024 * 1024)}
+"""Segments of 100 MiB kept forever: expired offsets are removed by tombstones, not by age."""
 
 _OFFSET_KEY_VERSION = 1
 _GROUP_KEY_VERSION = 2

@@ -1,10 +1,10 @@
 """``__consumer_offsets`` as the coordinator uses it: the topic's partitions this broker
-leads, appends acknowledged once the in-sync replicas hold them, and reads from disk.
+leads, appends through the replica manager's front door (acknowledged once the in-sync
+replicas hold them), and reads from disk.
 
-The topic is made by the first FindCoordinator for a group (:func:`ensure_topic`),
-like Kafka does: ``offsets.topic.num.partitions`` partitions, replication factor
-``offsets.topic.replication.factor`` capped at the brokers registered, segments of
-100 MiB kept forever (expired offsets are removed by tombstones, not by age).
+The topic is made by the first FindCoordinator for a group, like Kafka does:
+``offsets.topic.num.partitions`` partitions, replication factor
+``offsets.topic.replication.factor`` capped at the brokers registered.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import TYPE_CHECKING
 
 from kio.schema.errors import ErrorCode
 
@@ -20,16 +19,22 @@ from ..config import BrokerConfig
 from ..metadata.errors import ApiError
 from ..metadata.quorum import MetadataQuorum
 from ..replication import Partition, ReplicaManager
-from ..storage.batch import iter_headers, validate_batches
+from ..replication.appends import AppendResult
+from ..storage.batch import iter_headers
 from ..storage.records import build_batch, iter_records
 from .offsets_topic import OFFSETS_TOPIC
 
-if TYPE_CHECKING:
-    from ..api.context import ApiContext
-
 READ_CHUNK_BYTES = 1024 * 1024
-SEGMENT_BYTES = 100 * 1024 * 1024
-TOPIC_CONFIGS = {"retention.ms": "-1", "segment.bytes": str(SEGMENT_BYTES)}
+ACKS_ALL = -1
+
+_AS_COORDINATOR = {
+    ErrorCode.not_leader_or_follower: ErrorCode.not_coordinator,
+    ErrorCode.unknown_topic_or_partition: ErrorCode.not_coordinator,
+    ErrorCode.kafka_storage_error: ErrorCode.not_coordinator,
+}
+"""How a failed append is told to the group's members (as Kafka's group coordinator
+does): a lost leadership sends them to find the coordinator again; anything else
+(too few in-sync replicas, a timeout) is a coordinator not available for now."""
 
 
 class ReplicatedOffsetsLog:
@@ -63,40 +68,22 @@ class ReplicatedOffsetsLog:
     def append(
         self, partition: int, records: Sequence[tuple[bytes, bytes | None]]
     ) -> Awaitable[None]:
-        leader = self._leader(partition)
-        try:
-            leader.check_enough_replicas()
-        except ApiError as error:
-            raise ApiError(ErrorCode.coordinator_not_available, error.message) from None
-        now_ms = time.time_ns() // 1_000_000
-        batch = build_batch(records, now_ms)
-        try:
-            appended = leader.append(
-                batch, validate_batches(batch), now_ms=now_ms, log_append_time=False
-            )
-        except OSError as error:
-            raise ApiError(ErrorCode.not_coordinator, f"append failed: {error}") from None
-        return self._replicated(partition, leader.wait_for_commit(appended.last_offset + 1))
+        """Append now (so appends are in call order); the awaitable ends once the in-sync
+        replicas hold the records, or raises the ApiError to answer the members."""
+        self._leader(partition)
+        appended = self._replicas.append_records(
+            [((OFFSETS_TOPIC, partition), build_batch(records, time.time_ns() // 1_000_000))],
+            acks=ACKS_ALL,
+            timeout_s=self._config.offsets_commit_timeout_ms / 1000,
+            from_client=False,
+        )
+        if not appended.waiting:  # refused before appending
+            _raise_for(partition, appended)
+        return self._replicated(partition, appended)
 
-    async def _replicated(self, partition: int, committed: asyncio.Future[ErrorCode]) -> None:
-        try:
-            async with asyncio.timeout(self._config.offsets_commit_timeout_ms / 1000):
-                code = await asyncio.shield(committed)
-        except TimeoutError:
-            committed.cancel()
-            raise ApiError(
-                ErrorCode.coordinator_not_available,
-                f"The replicas of {OFFSETS_TOPIC}-{partition} did not confirm in time",
-            ) from None
-        if code == ErrorCode.not_leader_or_follower:
-            raise ApiError(
-                ErrorCode.not_coordinator, f"Leadership of {OFFSETS_TOPIC}-{partition} moved"
-            )
-        if code != ErrorCode.none:
-            raise ApiError(
-                ErrorCode.coordinator_not_available,
-                f"Writing to {OFFSETS_TOPIC}-{partition} failed: {code.name}",
-            )
+    async def _replicated(self, partition: int, appended: AppendResult) -> None:
+        await appended.committed()
+        _raise_for(partition, appended)
 
     async def read(self, partition: int) -> AsyncIterator[tuple[bytes | None, bytes | None]]:
         log = self._leader(partition).log
@@ -113,20 +100,11 @@ class ReplicatedOffsetsLog:
             self._leader(partition)
 
 
-async def ensure_topic(context: ApiContext) -> None:
-    """Make ``__consumer_offsets`` unless it exists (a concurrent request may make it)."""
-    if context.topics.get(OFFSETS_TOPIC) is not None:
+def _raise_for(partition: int, appended: AppendResult) -> None:
+    ((_, answer),) = appended.partitions
+    if answer.error_code == ErrorCode.none:
         return
-    config = context.config
-    brokers = sum(1 for broker in context.quorum.state.brokers.values() if not broker.fenced)
-    replication_factor = max(1, min(config.offsets_topic_replication_factor, brokers))
-    try:
-        await context.create_topic(
-            OFFSETS_TOPIC,
-            config.offsets_topic_num_partitions,
-            replication_factor,
-            TOPIC_CONFIGS.items(),
-        )
-    except ApiError as error:
-        if error.code != ErrorCode.topic_already_exists:
-            raise
+    raise ApiError(
+        _AS_COORDINATOR.get(answer.error_code, ErrorCode.coordinator_not_available),
+        f"Writing to {OFFSETS_TOPIC}-{partition} failed: {answer.error_message}",
+    )

@@ -1,9 +1,10 @@
 """The cluster metadata state machine that the Raft quorum replicates.
 
-Every member applies the same commands in the same order, so each command is
-deterministic: time, ids and randomness come in as arguments, and nothing here does I/O.
-A command refuses with ``ApiError`` before it changes anything. The state is plain dicts
-of the immutable values in ``model``, so it pickles for Raft snapshots as it is.
+Every member applies the same commands (``commands``, through ``ClusterState.apply``) in
+the same order, so each command is deterministic: time, ids and randomness come in as
+its fields, and nothing here does I/O. A command refuses with ``ApiError`` before it
+changes anything. The state is plain dicts of the immutable values in ``model``, so it
+pickles for Raft snapshots as it is.
 
 Leaders are chosen in replica order among *usable* brokers (registered, unfenced, not in
 controlled shutdown). A new leader raises the partition's leader epoch; any change raises
@@ -23,11 +24,27 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar, cast
 
 from kio.schema.errors import ErrorCode
 
+from .commands import (
+    AllocateProducerIds,
+    AlterPartition,
+    AlterReassignment,
+    AlterTopicConfigs,
+    BeginControlledShutdown,
+    Command,
+    CreatePartitions,
+    CreateTopic,
+    DeleteTopic,
+    ElectLeaders,
+    FenceBroker,
+    RegisterBroker,
+    UnfenceBroker,
+)
 from .errors import ApiError
 from .model import NO_LEADER, BrokerRegistration, PartitionState, TopicState
 from .placement import PartitionKey, PlacementBroker, place_partitions
@@ -42,6 +59,8 @@ UNCLEAN = "unclean"
 
 _Change = tuple[str, int, PartitionState]
 """A partition's next state before its epochs are raised: (topic, index, state)."""
+
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -123,17 +142,45 @@ class ClusterState:
             key: self.topics[key[0]].partitions[key[1]] for key in sorted(self.original_replicas)
         }
 
+    # --- commands ------------------------------------------------------------------------
+
+    def apply(self, command: Command[Result]) -> Result:
+        """Make the change ``command`` names and return its result, or refuse with
+        ``ApiError`` having changed nothing."""
+        result: object = None
+        match command:
+            case RegisterBroker():
+                result = self._register_broker(command)
+            case FenceBroker():
+                self._fence_broker(command)
+            case UnfenceBroker():
+                self._unfence_broker(command)
+            case BeginControlledShutdown():
+                result = self._begin_controlled_shutdown(command)
+            case CreateTopic():
+                result = self._create_topic(command)
+            case DeleteTopic():
+                self._delete_topic(command)
+            case CreatePartitions():
+                result = self._create_partitions(command)
+            case AlterTopicConfigs():
+                result = self._alter_topic_configs(command)
+            case AlterPartition():
+                result = self._alter_partition(command)
+            case ElectLeaders():
+                result = self._elect_leaders(command)
+            case AlterReassignment():
+                self._alter_reassignment(command)
+            case AllocateProducerIds():
+                result = self._allocate_producer_ids(command)
+            case _:
+                raise TypeError(f"not a metadata command: {command!r}")
+        # Each handler returns its command's result type; mypy cannot follow the match.
+        return cast(Result, result)
+
     # --- brokers -------------------------------------------------------------------------
 
-    def register_broker(
-        self,
-        node_id: int,
-        host: str,
-        port: int,
-        rack: str | None,
-        internal_host: str = "",
-        internal_port: int = 0,
-    ) -> int:
+    def _register_broker(self, command: RegisterBroker) -> int:
         """Register a new or returning broker (clients' address, rack, and the internal
         listener's address for other brokers); returns its new broker epoch.
 
@@ -141,50 +188,54 @@ class ClusterState:
         session: its earlier life is fenced first, so it loses its leaderships (with a new
         leader epoch) like any failed broker, and then it comes back like a fenced one.
         """
+        node_id = command.node_id
         if node_id < 0:
             raise ApiError(ErrorCode.invalid_request, f"Invalid broker id {node_id}")
         previous = self.brokers.get(node_id)
         if previous is not None and not previous.fenced:
             self.brokers[node_id] = replace(previous, fenced=True, shutting_down=False)
-            self._apply(self._departure_changes(node_id))
+            self._apply_changes(self._departure_changes(node_id))
         epoch = previous.epoch + 1 if previous is not None else 1
         self.brokers[node_id] = BrokerRegistration(
             node_id,
-            host,
-            port,
-            rack,
+            command.host,
+            command.port,
+            command.rack,
             epoch,
-            internal_host=internal_host,
-            internal_port=internal_port,
+            internal_host=command.internal_host,
+            internal_port=command.internal_port,
         )
-        self._apply(self._arrival_changes(node_id))
+        self._apply_changes(self._arrival_changes(node_id))
         return epoch
 
-    def fence_broker(self, node_id: int, epoch: int) -> None:
+    def _fence_broker(self, command: FenceBroker) -> None:
         """The broker missed its session: it leaves every ISR it is not the last member of,
         and the partitions it led get new leaders. A stale epoch (an earlier life of the
         broker, which registered again since) is ignored."""
+        node_id = command.node_id
         broker = self.brokers.get(node_id)
-        if broker is None or broker.epoch != epoch or broker.fenced:
+        if broker is None or broker.epoch != command.epoch or broker.fenced:
             return
         self.brokers[node_id] = replace(broker, fenced=True, shutting_down=False)
-        self._apply(self._departure_changes(node_id))
+        self._apply_changes(self._departure_changes(node_id))
 
-    def unfence_broker(self, node_id: int, epoch: int) -> None:
+    def _unfence_broker(self, command: UnfenceBroker) -> None:
         """A fenced broker heartbeats again: partitions that lost their leader with it get
         one back (clean when it is in their ISR, unclean only where the topic allows it)."""
-        broker = self._current_broker(node_id, epoch)
+        node_id = command.node_id
+        broker = self._current_broker(node_id, command.epoch)
         if not broker.fenced:
             return
         self.brokers[node_id] = replace(broker, fenced=False)
-        self._apply(self._arrival_changes(node_id))
+        self._apply_changes(self._arrival_changes(node_id))
 
-    def begin_controlled_shutdown(self, node_id: int, epoch: int) -> bool:
+    def _begin_controlled_shutdown(self, command: BeginControlledShutdown) -> bool:
         """Hand the broker's leaderships to usable ISR members and take it out of the ISRs
         others remain in. True once it leads no partition another live replica could take
         over; while False, a replica still catching up may join the ISR and take over at
         the next call."""
-        broker = self._current_broker(node_id, epoch)
+        node_id = command.node_id
+        broker = self._current_broker(node_id, command.epoch)
         if broker.fenced:
             return True
         self.brokers[node_id] = replace(broker, shutting_down=True)
@@ -197,7 +248,7 @@ class ClusterState:
                     changes.append((name, index, replace(state, leader=successor, isr=isr)))
             elif node_id in state.isr and len(state.isr) > 1:
                 changes.append((name, index, replace(state, isr=_without(state.isr, node_id))))
-        self._apply(changes)
+        self._apply_changes(changes)
         return not any(
             self.is_usable(replica)
             for name, index in self.partitions_led_by(node_id)
@@ -206,127 +257,110 @@ class ClusterState:
 
     # --- topics --------------------------------------------------------------------------
 
-    def create_topic(
-        self,
-        name: str,
-        topic_id: uuid.UUID,
-        partitions: int,
-        replication_factor: int,
-        configs: Mapping[str, str],
-        assignments: Sequence[Sequence[int]] | None = None,
-        limits: PartitionLimits | None = None,
-    ) -> TopicState:
+    def _create_topic(self, command: CreateTopic) -> TopicState:
         """Create a topic with validated config overrides. With ``assignments`` (replica
         lists by partition index) they decide the partition count and replication
         factor; without, replicas are placed over the usable brokers."""
-        validate_topic_name(name)
-        if name in self.topics:
-            raise ApiError(ErrorCode.topic_already_exists, f"Topic '{name}' already exists.")
+        validate_topic_name(command.name)
+        if command.name in self.topics:
+            raise ApiError(
+                ErrorCode.topic_already_exists, f"Topic '{command.name}' already exists."
+            )
         colliding = next(
-            (other for other in self.topics if _metric_name(other) == _metric_name(name)), None
+            (other for other in self.topics if _metric_name(other) == _metric_name(command.name)),
+            None,
         )
         if colliding is not None:
             raise ApiError(
                 ErrorCode.invalid_topic_exception,
-                f"Topic '{name}' collides with existing topic: {colliding} "
+                f"Topic '{command.name}' collides with existing topic: {colliding} "
                 "('.' and '_' are the same in metric names)",
             )
-        if topic_id.int <= 1 or topic_id in self.topic_names:
-            raise ApiError(ErrorCode.invalid_request, f"Topic id {topic_id} cannot be used")
-        count = partitions if assignments is None else len(assignments)
-        checked = self._check_partition_limits(name, count, count, limits)
-        if assignments is None:
-            states = self._placed(partitions, replication_factor, (), checked)
+        if command.topic_id.int <= 1 or command.topic_id in self.topic_names:
+            raise ApiError(ErrorCode.invalid_request, f"Topic id {command.topic_id} cannot be used")
+        count = command.partitions if command.assignments is None else len(command.assignments)
+        checked = self._check_partition_limits(command.name, count, count, command.limits)
+        if command.assignments is None:
+            states = self._placed(command.partitions, command.replication_factor, (), checked)
         else:
-            states = self._assigned(assignments, None, 0)
+            states = self._assigned(command.assignments, None, 0)
         self._check_broker_limits(states, checked)
-        topic = TopicState(name, topic_id, tuple(states), dict(configs))
-        self.topics[name] = topic
-        self.topic_names[topic_id] = name
+        topic = TopicState(command.name, command.topic_id, tuple(states), dict(command.configs))
+        self.topics[command.name] = topic
+        self.topic_names[command.topic_id] = command.name
         return topic
 
-    def delete_topic(self, name: str) -> None:
-        topic = self._topic(name)
-        del self.topics[name]
+    def _delete_topic(self, command: DeleteTopic) -> None:
+        topic = self._topic(command.name)
+        del self.topics[command.name]
         del self.topic_names[topic.topic_id]
-        for key in [key for key in self.original_replicas if key[0] == name]:
+        for key in [key for key in self.original_replicas if key[0] == command.name]:
             del self.original_replicas[key]
 
-    def create_partitions(
-        self,
-        name: str,
-        total: int,
-        assignments: Sequence[Sequence[int]] | None = None,
-        limits: PartitionLimits | None = None,
-    ) -> TopicState:
+    def _create_partitions(self, command: CreatePartitions) -> TopicState:
         """Grow a topic to ``total`` partitions (never shrink); ``assignments`` are the
         replica lists of the new partitions only."""
-        topic = self._topic(name)
+        topic = self._topic(command.name)
         current = len(topic.partitions)
-        if total < current:
+        if command.total < current:
             raise ApiError(
                 ErrorCode.invalid_partitions,
                 f"Topic currently has {current} partitions, which is higher than "
-                f"the requested {total}.",
+                f"the requested {command.total}.",
             )
-        if total == current:
+        if command.total == current:
             raise ApiError(ErrorCode.invalid_partitions, f"Topic already has {current} partitions.")
-        checked = self._check_partition_limits(name, total - current, total, limits)
-        if assignments is None:
+        checked = self._check_partition_limits(
+            command.name, command.total - current, command.total, command.limits
+        )
+        if command.assignments is None:
             added = self._placed(
-                total - current,
+                command.total - current,
                 topic.replication_factor,
                 [state.target_replicas for state in topic.partitions],
                 checked,
             )
         else:
-            if len(assignments) != total - current:
+            if len(command.assignments) != command.total - current:
                 raise ApiError(
                     ErrorCode.invalid_replica_assignment,
-                    f"Attempted to add {total - current} additional partition(s), but only "
-                    f"{len(assignments)} assignment(s) were specified.",
+                    f"Attempted to add {command.total - current} additional partition(s), but only "
+                    f"{len(command.assignments)} assignment(s) were specified.",
                 )
-            added = self._assigned(assignments, topic.replication_factor, current)
+            added = self._assigned(command.assignments, topic.replication_factor, current)
         self._check_broker_limits(added, checked)
         updated = replace(topic, partitions=topic.partitions + tuple(added))
-        self.topics[name] = updated
+        self.topics[command.name] = updated
         return updated
 
-    def alter_topic_configs(self, name: str, configs: Mapping[str, str]) -> TopicState:
+    def _alter_topic_configs(self, command: AlterTopicConfigs) -> TopicState:
         """Replace the topic's config overrides (already validated). Enabling unclean
         leader election elects leaders for its offline partitions at once."""
-        updated = replace(self._topic(name), configs=dict(configs))
-        self.topics[name] = updated
-        self._apply(
-            (name, index, self._elected(state, _unclean_allowed(updated)))
+        updated = replace(self._topic(command.name), configs=dict(command.configs))
+        self.topics[command.name] = updated
+        self._apply_changes(
+            (command.name, index, self._elected(state, _unclean_allowed(updated)))
             for index, state in enumerate(updated.partitions)
             if state.leader == NO_LEADER
         )
-        return self.topics[name]
+        return self.topics[command.name]
 
     # --- partitions ----------------------------------------------------------------------
 
-    def alter_partition(
-        self,
-        topic: str,
-        partition: int,
-        leader_id: int,
-        leader_epoch: int,
-        partition_epoch: int,
-        new_isr: Sequence[int],
-    ) -> PartitionState:
+    def _alter_partition(self, command: AlterPartition) -> PartitionState:
         """Apply an ISR change proposed by the partition's leader (Kafka's AlterPartition).
 
         The epochs name the state the leader started from, so a deposed leader or a
         proposal overtaken by another change is refused. When every replica a
         reassignment adds is in the new ISR, the reassignment completes here.
         """
-        _, state = self._partition(topic, partition)
-        where = f"partition {topic}-{partition}"
-        if leader_epoch != state.leader_epoch:
+        leader_id = command.leader_id
+        _, state = self._partition(command.topic, command.partition)
+        where = f"partition {command.topic}-{command.partition}"
+        if command.leader_epoch != state.leader_epoch:
             raise ApiError(
                 ErrorCode.fenced_leader_epoch,
-                f"Leader epoch {leader_epoch} of {where} is not the current epoch "
+                f"Leader epoch {command.leader_epoch} of {where} is not the current epoch "
                 f"{state.leader_epoch}",
             )
         if leader_id != state.leader:
@@ -334,13 +368,13 @@ class ClusterState:
                 ErrorCode.not_leader_or_follower,
                 f"Broker {leader_id} is not the leader of {where}; the leader is {state.leader}",
             )
-        if partition_epoch != state.partition_epoch:
+        if command.partition_epoch != state.partition_epoch:
             raise ApiError(
                 ErrorCode.invalid_update_version,
-                f"Partition epoch {partition_epoch} of {where} is not the current epoch "
+                f"Partition epoch {command.partition_epoch} of {where} is not the current epoch "
                 f"{state.partition_epoch}",
             )
-        isr = tuple(new_isr)
+        isr = tuple(command.new_isr)
         if len(set(isr)) != len(isr):
             raise ApiError(ErrorCode.invalid_request, f"The new ISR {list(isr)} repeats a replica")
         if leader_id not in isr:
@@ -359,20 +393,18 @@ class ClusterState:
                     ErrorCode.ineligible_replica,
                     f"Broker {node} is fenced or shutting down and cannot join the ISR of {where}",
                 )
-        self._apply([(topic, partition, replace(state, isr=isr))])
-        return self.topics[topic].partitions[partition]
+        self._apply_changes([(command.topic, command.partition, replace(state, isr=isr))])
+        return self.topics[command.topic].partitions[command.partition]
 
-    def elect_leaders(
-        self, election: str, partitions: Iterable[PartitionKey]
-    ) -> dict[PartitionKey, ApiError | None]:
+    def _elect_leaders(self, command: ElectLeaders) -> dict[PartitionKey, ApiError | None]:
         """Run a preferred or unclean election for each partition (Kafka's ElectLeaders);
         each partition gets None (elected) or the error that says why not."""
-        if election not in (PREFERRED, UNCLEAN):
-            raise ApiError(ErrorCode.invalid_request, f"Unknown election type {election!r}")
+        if command.election not in (PREFERRED, UNCLEAN):
+            raise ApiError(ErrorCode.invalid_request, f"Unknown election type {command.election!r}")
         results: dict[PartitionKey, ApiError | None] = {}
-        for name, index in partitions:
+        for name, index in command.partitions:
             try:
-                if election == PREFERRED:
+                if command.election == PREFERRED:
                     self._elect_preferred(name, index)
                 else:
                     self._elect_unclean(name, index)
@@ -382,13 +414,7 @@ class ClusterState:
                 results[(name, index)] = None
         return results
 
-    def alter_reassignment(
-        self,
-        topic: str,
-        partition: int,
-        target: Sequence[int] | None,
-        limits: PartitionLimits | None = None,
-    ) -> None:
+    def _alter_reassignment(self, command: AlterReassignment) -> None:
         """Start (or change) moving a partition to the ``target`` replicas, or cancel the
         reassignment in progress with None. A broker it adds must have room for one more
         replica (``max.broker.partitions`` of ``limits``, the proposer's; not checked for a
@@ -398,28 +424,30 @@ class ClusterState:
         removed; ``adding`` are the target replicas that were not replicas before it
         started. It completes once they are all in the ISR (at once if there are none).
         """
-        state_topic, state = self._partition(topic, partition)
-        key = (topic, partition)
-        if target is None:
+        state_topic, state = self._partition(command.topic, command.partition)
+        key = (command.topic, command.partition)
+        if command.target is None:
             self._cancel_reassignment(state_topic, key, state)
             return
-        wanted = self._checked_replicas(target)
+        wanted = self._checked_replicas(command.target)
         added = [node for node in wanted if node not in state.replicas]
-        if limits is not None and added:
+        if command.limits is not None and added:
             held = self._replica_counts()
             for node in added:
-                limits.check_broker(node, held[node] + 1)
+                command.limits.check_broker(node, held[node] + 1)
         if not set(wanted) ^ set(state.replicas) and key not in self.original_replicas:
-            self._apply([(topic, partition, replace(state, replicas=wanted))])
+            self._apply_changes(
+                [(command.topic, command.partition, replace(state, replicas=wanted))]
+            )
             return
         original = self.original_replicas.get(key, state.replicas)
         replicas = wanted + tuple(node for node in state.replicas if node not in wanted)
         self.original_replicas[key] = original
-        self._apply(
+        self._apply_changes(
             [
                 (
-                    topic,
-                    partition,
+                    command.topic,
+                    command.partition,
                     replace(
                         state,
                         replicas=replicas,
@@ -432,14 +460,16 @@ class ClusterState:
 
     # --- producer ids --------------------------------------------------------------------
 
-    def allocate_producer_ids(self, count: int) -> int:
+    def _allocate_producer_ids(self, command: AllocateProducerIds) -> int:
         """Reserve ``count`` producer ids; returns the first."""
-        if count < 1:
-            raise ApiError(ErrorCode.invalid_request, f"Cannot allocate {count} producer ids")
+        if command.count < 1:
+            raise ApiError(
+                ErrorCode.invalid_request, f"Cannot allocate {command.count} producer ids"
+            )
         first = self.next_producer_id
-        if first + count - 1 > MAX_PRODUCER_ID:
+        if first + command.count - 1 > MAX_PRODUCER_ID:
             raise ApiError(ErrorCode.unknown_server_error, "Producer ids are exhausted")
-        self.next_producer_id = first + count
+        self.next_producer_id = first + command.count
         return first
 
     # --- internals -----------------------------------------------------------------------
@@ -519,7 +549,7 @@ class ClusterState:
             if state.leader == NO_LEADER and node_id in state.replicas
         ]
 
-    def _apply(self, changes: Iterable[_Change]) -> None:
+    def _apply_changes(self, changes: Iterable[_Change]) -> None:
         """Store the changed partitions, completing reassignments that can complete, and
         raise their epochs."""
         updated: dict[str, list[PartitionState]] = {}
@@ -582,7 +612,7 @@ class ClusterState:
         elif reverted.leader not in reverted.isr:
             reverted = replace(reverted, leader=self._first_usable(original, reverted.isr))
         del self.original_replicas[key]
-        self._apply([(key[0], key[1], reverted)])
+        self._apply_changes([(key[0], key[1], reverted)])
 
     def _elect_preferred(self, name: str, index: int) -> None:
         _, state = self._partition(name, index)
@@ -597,7 +627,7 @@ class ClusterState:
                 ErrorCode.preferred_leader_not_available,
                 f"The preferred replica {preferred} of {name}-{index} is not live and in sync",
             )
-        self._apply([(name, index, replace(state, leader=preferred))])
+        self._apply_changes([(name, index, replace(state, leader=preferred))])
 
     def _elect_unclean(self, name: str, index: int) -> None:
         _, state = self._partition(name, index)
@@ -612,7 +642,7 @@ class ClusterState:
                 ErrorCode.eligible_leaders_not_available,
                 f"No replica of {name}-{index} is live: {list(state.replicas)}",
             )
-        self._apply([(name, index, elected)])
+        self._apply_changes([(name, index, elected)])
 
     def _checked_replicas(
         self, replicas: Sequence[int], replication_factor: int | None = None

@@ -6,7 +6,8 @@ pysyncobj to the Raft leader, appended, committed by a majority of the voters an
 applied on every node, in log order. pysyncobj's timer thread is off: a task of the
 event loop ticks it, so commands are applied and callbacks run on the loop thread and
 nothing needs a lock. The journal and the snapshot ("dump") live in the metadata
-directory, so a restarted broker rebuilds its state from disk and then catches up.
+directory, so a restarted broker rebuilds its state from disk and then catches up; the
+journal holds the ``commands`` pickled (that module says what may change in them).
 ``RaftMember`` corrects how pysyncobj's followers take AppendEntries (see ``raft``), and
 ``state_digest`` lets every member show that it holds the same state.
 """
@@ -18,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kio.schema.errors import ErrorCode
 from pysyncobj import (
@@ -32,6 +33,7 @@ from pysyncobj.node import Node
 from pysyncobj.transport import TCPTransport, Transport
 
 from .cluster_state import ClusterState
+from .commands import Command
 from .digest import digest
 from .errors import ApiError
 from .raft import RaftMember
@@ -43,6 +45,7 @@ TICK_SECONDS = 0.01
 
 JOURNAL_FILE = "raft.journal"
 SNAPSHOT_FILE = "raft.dump"
+Result = TypeVar("Result")
 _LEADER_HANDOVER_SECONDS = 2.0
 _MEMBERSHIP_RETRY_SECONDS = 0.05
 
@@ -103,17 +106,18 @@ class _StateMachine(SyncObjConsumer):
         votes is Raft's own membership; this only names its members."""
 
     @replicated
-    def execute(self, command: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        """Run one ClusterState command; an ApiError becomes part of the outcome, so the
+    def execute(self, command: Command[Any]) -> tuple[Any, ...]:
+        """Apply one metadata command; an ApiError becomes part of the outcome, so the
         submitting broker can raise it again."""
         try:
-            return ("ok", getattr(self.state, command)(*args))
+            return ("ok", self.state.apply(command))
         except ApiError as error:
             return ("error", error.code, error.message)
         except Exception:
             # A bug, and the same one on every node: refuse rather than stop applying.
-            log.exception("metadata command %s failed", command)
-            return ("error", ErrorCode.unknown_server_error, f"{command} failed")
+            name = type(command).__name__
+            log.exception("metadata command %s failed", name)
+            return ("error", ErrorCode.unknown_server_error, f"{name} failed")
         finally:
             self._digest = None
             self._applied()
@@ -298,15 +302,16 @@ class MetadataQuorum:
 
     # --- changes -----------------------------------------------------------------------
 
-    async def submit(self, command: str, *args: Any, timeout: float = 10.0) -> Any:
-        """Run ``ClusterState.<command>(*args)`` through Raft and return its result once
-        it is applied here; its ApiError is raised again here."""
+    async def submit(self, command: Command[Result], *, timeout: float = 10.0) -> Result:
+        """Apply ``command`` through Raft and return its result once it is applied here;
+        its ApiError is raised again here."""
         outcome = await self._replicate(
-            lambda callback: self._machine.execute(command, args, callback=callback), timeout
+            lambda callback: self._machine.execute(command, callback=callback), timeout
         )
         if outcome[0] == "error":
             raise ApiError(outcome[1], outcome[2])
-        return outcome[1]
+        result: Result = outcome[1]
+        return result
 
     async def add_voter(self, node_id: int, address: str, timeout: float = 10.0) -> None:
         """Make the broker at Raft ``address`` a voter (it must already run as one, with

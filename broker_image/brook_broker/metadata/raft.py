@@ -77,6 +77,10 @@ def reconcile(
 class RaftMember(SyncObj):
     """A ``SyncObj`` whose AppendEntries handling deletes only conflicting entries."""
 
+    _SyncObj__recvTransmission: bytes | str
+    """pysyncobj's buffer for an entry sent in pieces: the pickled bytes so far, "" between
+    entries."""
+
     def _SyncObj__onMessageReceived(self, node: Node, message: dict[str, Any]) -> None:
         """Overrides pysyncobj's handler of every message from another member (its name is
         pysyncobj's private name, so pysyncobj's own calls reach it)."""
@@ -134,7 +138,8 @@ class RaftMember(SyncObj):
         commits an entry of its own term (Raft paper, 5.4.2), and until then it and its
         followers take the commit index it had persisted, which after a restart of all
         members can be older than commands that clients were answered for."""
-        return self._term_at(self.raftLastApplied) == self.raftCurrentTerm
+        current_term: int = self.raftCurrentTerm
+        return self._term_at(self.raftLastApplied) == current_term
 
     def _term_at(self, index: int) -> int | None:
         entries = self._SyncObj__getEntries(index, 1)

@@ -81,7 +81,8 @@ def response_correlation_id(frame: bytes | bytearray | memoryview) -> int:
     """The correlation id every response header starts with."""
     if len(frame) < 4:
         raise KafkaProtocolError("response frame is shorter than its header")
-    return _SIZE.unpack_from(frame, 0)[0]
+    correlation_id: int = _SIZE.unpack_from(frame, 0)[0]
+    return correlation_id
 
 
 def decode_response(api_key: int, api_version: int, frame: bytes | bytearray | memoryview) -> Any:
@@ -228,7 +229,7 @@ class KafkaClient:
             raise
         except (OSError, TimeoutError) as error:
             raise KafkaConnectionError(
-                f"cannot connect to {self.host}:{self.port}: {error or 'timed out'}"
+                f"cannot connect to {self.host}:{self.port}: {str(error) or 'timed out'}"
             ) from error
         log.debug("connected to %s:%d", self.host, self.port)
         return connection

@@ -14,7 +14,7 @@ import struct
 import uuid
 from collections.abc import Callable, Mapping
 from functools import cache
-from typing import Any, get_args, get_origin
+from typing import Any, TypeGuard, get_args, get_origin
 
 from kio.index import load_request_schema, load_response_schema
 from kio.schema.errors import ErrorCode
@@ -23,7 +23,8 @@ from kio.schema.request_header.v2.header import RequestHeader as RequestHeaderV2
 from kio.schema.response_header.v0.header import ResponseHeader as ResponseHeaderV0
 from kio.schema.response_header.v1.header import ResponseHeader as ResponseHeaderV1
 from kio.serial import entity_reader, entity_writer
-from kio.static.protocol import Entity
+from kio.static.primitive import i32
+from kio.static.protocol import Entity, ResponsePayload
 
 from . import legacy_produce
 from .request_check import InvalidFrame, check_request
@@ -33,6 +34,7 @@ API_VERSIONS_KEY = 18
 _API_KEY_AND_VERSION = struct.Struct(">hhi")
 _SIZE = struct.Struct(">i")
 _ZERO_UUID = uuid.UUID(int=0)
+_NO_CORRELATION_ID = i32(-1)
 
 
 class MalformedRequest(ValueError):
@@ -46,7 +48,7 @@ class MalformedRequest(ValueError):
 class UnsupportedRequest(ValueError):
     """An API key or version this broker does not implement."""
 
-    def __init__(self, api_key: int, api_version: int, correlation_id: int) -> None:
+    def __init__(self, api_key: int, api_version: int, correlation_id: i32) -> None:
         super().__init__(f"unsupported API key {api_key} version {api_version}")
         self.api_key = api_key
         self.api_version = api_version
@@ -57,16 +59,17 @@ class UnsupportedRequest(ValueError):
 class Request:
     api_key: int
     api_version: int
-    correlation_id: int
+    correlation_id: i32
     client_id: str | None
     body: Any
 
 
-def peek_header(frame: memoryview) -> tuple[int, int, int]:
+def peek_header(frame: memoryview) -> tuple[int, int, i32]:
     """API key, version and correlation id: the fixed start of every request header."""
     if len(frame) < _API_KEY_AND_VERSION.size:
         raise MalformedRequest("frame is shorter than a request header")
-    return _API_KEY_AND_VERSION.unpack_from(frame, 0)
+    header: tuple[int, int, i32] = _API_KEY_AND_VERSION.unpack_from(frame, 0)
+    return header
 
 
 def decode_request(frame: memoryview, supported: Mapping[int, tuple[int, int]]) -> Request:
@@ -101,7 +104,9 @@ def encode_response(request: Request, body: Mapping[str, Any]) -> bytes:
     return encode_frame(response_type, request.correlation_id, build(response_type, body))
 
 
-def encode_frame(response_type: type[Entity], correlation_id: int, response: Entity) -> bytes:
+def encode_frame(
+    response_type: type[ResponsePayload], correlation_id: i32, response: Entity
+) -> bytes:
     parts: list[bytes] = []
     sink = _ListSink(parts)
     # ApiVersions answers with a v0 header whatever its version, so that a client that
@@ -154,9 +159,10 @@ def _request_codec(
     if _is_legacy_produce(api_key, api_version):
         return "ProduceRequest", _reader(RequestHeaderV1), legacy_produce.decode
     request_type = load_request_schema(api_key, api_version)
-    header_type = request_type.__header_schema__
+    # Widened to type[Entity]: mypy takes the header classes themselves for unhashable.
+    header_type: type[Entity] = request_type.__header_schema__
     if header_type not in (RequestHeaderV1, RequestHeaderV2):
-        raise UnsupportedRequest(api_key, api_version, -1)
+        raise UnsupportedRequest(api_key, api_version, _NO_CORRELATION_ID)
     read_body = _reader(request_type)
     return request_type.__name__, _reader(header_type), lambda frame, at: read_body(frame, at)[0]
 
@@ -192,15 +198,20 @@ def _describe(field: dataclasses.Field[Any]) -> _Field:
     convert: Callable[[Any], Any]
     if get_origin(field_type) is tuple:
         inner = get_args(field_type)[0]
-        convert = _entity_tuple(inner) if dataclasses.is_dataclass(inner) else tuple
+        convert = _entity_tuple(inner) if _is_entity(inner) else tuple
         zero: Any = ()
-    elif dataclasses.is_dataclass(field_type):
+    elif _is_entity(field_type):
         convert, zero = _entity(field_type), None
     else:
         convert, zero = _PRIMITIVES.get(field.metadata.get("kafka_type", ""), (_same, 0))
     if optional:
         convert, zero = _nullable(convert), None
     return _Field(field.name, convert, not has_default, zero)
+
+
+def _is_entity(annotation: object) -> TypeGuard[type[Entity]]:
+    """A field of a kio entity that is itself a dataclass holds a nested entity."""
+    return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
 
 
 def _nullable(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from kio.schema.produce.v3.request import PartitionProduceData, ProduceRequest, TopicProduceData
+from kio.schema.types import TopicName
+from kio.static.primitive import Records, i16, i32, i32Timedelta
 
 LAST_LEGACY_VERSION = 2
 
@@ -37,18 +39,20 @@ class _Reader:
         self.offset = end
         return chunk
 
-    def int16(self) -> int:
-        return _I16.unpack(self._take(2))[0]
+    def int16(self) -> i16:
+        value: i16 = _I16.unpack(self._take(2))[0]
+        return value
 
-    def int32(self) -> int:
-        return _I32.unpack(self._take(4))[0]
+    def int32(self) -> i32:
+        value: i32 = _I32.unpack(self._take(4))[0]
+        return value
 
-    def string(self) -> str:
-        return bytes(self._take(self.int16())).decode()
+    def topic_name(self) -> TopicName:
+        return TopicName(bytes(self._take(self.int16())).decode())
 
-    def nullable_bytes(self) -> bytes | None:
+    def records(self) -> Records | None:
         size = self.int32()
-        return None if size == -1 else bytes(self._take(size))
+        return None if size == -1 else Records(bytes(self._take(size)))
 
     def count(self) -> int:
         size = self.int32()
@@ -64,16 +68,16 @@ def decode(frame: memoryview, offset: int) -> ProduceRequest:
     timeout_ms = reader.int32()
     topics = []
     for _ in range(reader.count()):
-        name = reader.string()
+        name = reader.topic_name()
         partitions = tuple(
-            PartitionProduceData(index=reader.int32(), records=reader.nullable_bytes())
+            PartitionProduceData(index=reader.int32(), records=reader.records())
             for _ in range(reader.count())
         )
         topics.append(TopicProduceData(name=name, partition_data=partitions))
     return ProduceRequest(
         transactional_id=None,
         acks=acks,
-        timeout=datetime.timedelta(milliseconds=timeout_ms),
+        timeout=i32Timedelta.parse(datetime.timedelta(milliseconds=timeout_ms)),
         topic_data=tuple(topics),
     )
 

@@ -260,7 +260,7 @@ def _array(element: _Compiled, flexible: bool, nullable: bool) -> Step:
         if not flexible:
             if at + 4 > end:
                 raise InvalidFrame("frame ends inside an array count")
-            count = unpack_from(frame, at)[0]
+            count: int = unpack_from(frame, at)[0]
             at += 4
         elif at < end and (count := frame[at]) < 0x80:
             at += 1

@@ -16,8 +16,13 @@ has not authenticated within ``socket.request.timeout.ms`` of connecting (authen
 is its first request). Such connections take at most half of ``max.connections``: past
 that, the oldest of them is closed.
 
-Requests on one connection are handled one after the other, so responses go out in the
-order their requests came in, as Kafka clients require. A handler can ask to be told when
+Requests on one connection are handled one after the other, and responses go out in the
+order their requests came in, as Kafka clients require. A handler whose request has had
+all its effects but whose answer must wait (a produce appended, waiting for its
+replicas) returns a :class:`Deferred`: the connection goes on to its next requests while
+it waits, up to ``_MAX_DEFERRED_ANSWERS`` of them, and the writer sends each answer in
+its turn. A producer with several requests in flight then has them replicating together
+rather than each waiting for the one before. A handler can ask to be told when
 the connection that carried its request closes (:func:`when_connection_closes`): the
 controller fences a broker whose heartbeat connection dropped without waiting for its
 session to time out.
@@ -26,12 +31,13 @@ session to time out.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import mmap
 import struct
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
 from contextvars import ContextVar
 from logging import INFO, WARNING
 from typing import Any, Protocol
@@ -65,6 +71,8 @@ _IDLE_FRAME_MAP_BYTES = 16 * 1024 * 1024
 at most ``_IDLE_FRAME_MAPS`` maps."""
 _IDLE_FRAME_MAPS = 32
 _MAX_QUEUED_FRAMES = 64
+_MAX_DEFERRED_ANSWERS = 64
+"""Answers a connection may have waiting (for replication) before it reads no further."""
 _MAX_SWEEP_INTERVAL_S = 1.0
 _UNSUPPORTED_VERSION = 35
 _CURRENT: ContextVar[_Connection] = ContextVar("kafka_connection")
@@ -89,13 +97,29 @@ def client_host() -> str:
     return "" if connection is None else f"/{connection.peer_host}"
 
 
+class Deferred:
+    """An answer still to come for a request that has had all its effects: the
+    connection reads on, and sends ``body`` (awaited) in its turn."""
+
+    __slots__ = ("body",)
+
+    def __init__(self, body: Coroutine[Any, Any, Mapping[str, Any]]) -> None:
+        self.body = body
+
+
+Answer = Mapping[str, Any] | Deferred | None
+"""A handler's answer; ``None`` means no response at all (produce with acks=0)."""
+_Queued = bytes | None | asyncio.Task[bytes]
+"""An answer waiting for its turn to be written: encoded, none, or still to come."""
+
+
 class Dispatcher(Protocol):
     """What the listener needs from the broker."""
 
     supported_versions: Mapping[int, tuple[int, int]]
 
-    def handle(self, request: Request) -> Awaitable[Mapping[str, Any] | None]:
-        """Answer one request; ``None`` means no response at all (produce with acks=0)."""
+    def handle(self, request: Request) -> Awaitable[Answer]:
+        """Answer one request (see :data:`Answer`)."""
         ...
 
     def api_versions_body(self) -> Mapping[str, Any]:
@@ -220,6 +244,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._whole = 0  # the part of it in whole frames (queued or being answered)
         self._frames: deque[memoryview | bytes] = deque()
         self._handling = False
+        self._queued: deque[_Queued] = deque()  # answers behind a deferred one, in order
+        self._writer: asyncio.Task[None] | None = None  # writes them while any is queued
+        self._room_for_answers = asyncio.Event()
         self._frame_ready = asyncio.Event()
         self._can_write = asyncio.Event()
         self._can_write.set()
@@ -271,6 +298,9 @@ class _Connection(asyncio.BufferedProtocol):
             self._frame = None
         if self._worker is not None:
             self._worker.cancel()
+        if self._writer is not None:
+            self._writer.cancel()
+        self._drop_queued()
         self._can_write.set()
         callbacks, self.on_close = list(self.on_close.values()), {}
         for callback in callbacks:
@@ -429,7 +459,7 @@ class _Connection(asyncio.BufferedProtocol):
                     reason = f"request not complete after {waited_ms:.0f} ms"
                     self._close_for("socket.request.timeout.ms", reason, INFO)
                 return
-            if self._frames or self._handling:
+            if self._frames or self._handling or self._queued:
                 return
         elif self._transport is not None:
             unsent = self._transport.get_write_buffer_size()
@@ -480,12 +510,51 @@ class _Connection(asyncio.BufferedProtocol):
             self.close()
 
     async def _respond(self, frame: memoryview | bytes) -> None:
-        """Answer one frame and write the response (none for produce with acks=0)."""
+        """Answer one frame and write the response (none for produce with acks=0), or
+        queue it behind deferred answers still to come."""
         response = await self._answer(memoryview(frame))
+        if not self._queued and not isinstance(response, asyncio.Task):
+            await self._write(response)
+            return
+        self._queued.append(response)
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_queued())
+        while len(self._queued) >= _MAX_DEFERRED_ANSWERS:
+            self._room_for_answers.clear()
+            await self._room_for_answers.wait()
+
+    async def _write(self, response: bytes | None) -> None:
         if response is None or self._transport is None or self._transport.is_closing():
             return
         self._transport.write(response)
         await self._can_write.wait()
+
+    async def _write_queued(self) -> None:
+        """Write the queued answers in order, each once it is ready."""
+        try:
+            while self._queued:
+                head = self._queued[0]
+                response = await head if isinstance(head, asyncio.Task) else head
+                self._queued.popleft()
+                self._room_for_answers.set()
+                await self._write(response)
+                self._last_active = self._clock()
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("closing connection from %s after an internal error", self._peer)
+            self.close()
+        finally:
+            self._writer = None
+            self._drop_queued()
+
+    def _drop_queued(self) -> None:
+        """Answers that will never be sent: their waits end unawaited."""
+        queued, self._queued = self._queued, deque()
+        for item in queued:
+            if isinstance(item, asyncio.Task):
+                item.cancel()
+        self._room_for_answers.set()
 
     def _give_back(self, size: int) -> None:
         """Return an answered request's bytes to the budget (a closed connection already
@@ -495,7 +564,7 @@ class _Connection(asyncio.BufferedProtocol):
             self._whole -= size
             self._budget.answered(size)
 
-    async def _answer(self, frame: memoryview) -> bytes | None:
+    async def _answer(self, frame: memoryview) -> _Queued:
         session = self.authentication
         if session is not None and session.expects_raw_token:
             token = session.raw_token(bytes(frame))
@@ -521,6 +590,10 @@ class _Connection(asyncio.BufferedProtocol):
         body = await self._dispatcher.handle(request)
         if body is None:
             return None
+        if isinstance(body, Deferred):
+            # Only the header is needed to encode: the frame's map is free for reuse.
+            header = dataclasses.replace(request, body=None)
+            return asyncio.get_running_loop().create_task(_encoded_when_ready(header, body.body))
         return encode_response(request, body)
 
     def _make_room_to_authenticate(self, authenticating: dict[_Connection, None]) -> None:
@@ -611,6 +684,12 @@ def _grown(frame_map: mmap.mmap, filled: int, size: int) -> mmap.mmap:
         grown[:filled] = frame_map[:filled]
         return grown
     return frame_map
+
+
+async def _encoded_when_ready(
+    request: Request, body: Coroutine[Any, Any, Mapping[str, Any]]
+) -> bytes:
+    return encode_response(request, await body)
 
 
 class _CloseConnection(Exception):

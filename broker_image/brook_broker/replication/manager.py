@@ -1,4 +1,14 @@
-"""The replica manager: makes this broker's replicas what the cluster metadata says.
+"""The replica manager: the front door of appends and fetches, and the keeper of this
+broker's replicas.
+
+**Front door.** ``append_records`` (Produce, and the coordinators' own internal topics)
+validates batches, checks producer state, appends on the leader and, with ``acks=all``,
+hands back the wait for the high watermark; ``fetch_records`` (consumers and followers)
+records follower positions, reads, and holds a fetch that found too little until an
+append wakes it (``min_bytes``, ``max_wait``). ``leader_partition`` is the check every
+partition-level request shares. The request handlers only decode, call and encode.
+
+**Replicas.** It makes this broker's replicas what the cluster metadata says.
 
 On every metadata change it walks the partitions assigned to this broker: a new one gets
 its log (and any log left by an earlier topic of the same name is removed), a replica
@@ -13,24 +23,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from kio.schema.errors import ErrorCode
 
 from .. import metrics
 from ..config import BrokerConfig
+from ..metadata.errors import ApiError
 from ..metadata.model import TopicState
+from ..metadata.quorum import MetadataQuorum
 from ..metadata.topic_config import resolve
 from ..protocol.client import KafkaClient
+from ..storage.batch import InvalidBatch, validate_batches
 from ..storage.checkpoint import read_high_watermarks, write_high_watermarks
-from ..storage.log import LogConfig
+from ..storage.log import LogConfig, wall_clock_ms
 from ..storage.manager import LogManager
+from .appends import AppendResult, PartitionAppend, TopicPartition, check_batches, check_request
 from .fetcher import ClientFactory, ReplicaFetcher
+from .fetches import FetchedPartition, FetchParams, PartitionFetch, read_partition
+from .notifier import AppendNotifier
 from .partition import Partition, Role
 from .throttle import TokenBucket
-
-if TYPE_CHECKING:
-    from ..api.context import AppendNotifier
-    from ..metadata.quorum import MetadataQuorum
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +60,6 @@ class ReplicaManager:
         config: BrokerConfig,
         logs: LogManager,
         quorum: MetadataQuorum,
-        appends: AppendNotifier,
         *,
         connect: ClientFactory = KafkaClient,
         clock: Callable[[], float] = time.monotonic,
@@ -56,7 +68,8 @@ class ReplicaManager:
         self.config = config
         self.logs = logs
         self.quorum = quorum
-        self.appends = appends
+        self.appends = AppendNotifier()
+        """Wakes the fetches waiting for data when a partition grows."""
         self._connect = connect
         self._clock = clock
         self.throttle = (
@@ -112,11 +125,176 @@ class ReplicaManager:
         fetchers, self._fetchers = list(self._fetchers.values()), {}
         await asyncio.gather(*(fetcher.stop() for fetcher in fetchers), *self._stopping)
 
-    # --- reads ---------------------------------------------------------------------------
+    # --- the front door ------------------------------------------------------------------
 
     def partition(self, topic: str, index: int) -> Partition | None:
         """The replica of that partition hosted here, if any."""
         return self._partitions.get((topic, index))
+
+    def leader_partition(self, topic: str, index: int, current_leader_epoch: int = -1) -> Partition:
+        """The partition's replica here, if this broker leads it in the epoch the client
+        believes in (-1: it does not say); else the ApiError that sends the client to
+        refresh its metadata, in Kafka's order of checks."""
+        if self.quorum.state.partition(topic, index) is None:
+            raise ApiError(
+                ErrorCode.unknown_topic_or_partition,
+                f"This server does not host this topic-partition: {topic}-{index}",
+            )
+        partition = self._partitions.get((topic, index))
+        if partition is None:
+            raise ApiError(
+                ErrorCode.not_leader_or_follower,
+                f"This server is not the leader for {topic}-{index}",
+            )
+        epoch = partition.state.leader_epoch
+        if current_leader_epoch >= 0 and current_leader_epoch != epoch:
+            if current_leader_epoch > epoch:
+                raise ApiError(
+                    ErrorCode.unknown_leader_epoch,
+                    f"Leader epoch {current_leader_epoch} of {topic}-{index} is newer than {epoch}",
+                )
+            raise ApiError(
+                ErrorCode.fenced_leader_epoch,
+                f"Leader epoch {current_leader_epoch} of {topic}-{index} is older than {epoch}",
+            )
+        if not partition.is_leader:
+            raise ApiError(
+                ErrorCode.not_leader_or_follower,
+                f"This server is not the leader for {topic}-{index}",
+            )
+        return partition
+
+    def append_records(
+        self,
+        entries: Iterable[tuple[TopicPartition, bytes | memoryview | None]],
+        *,
+        acks: int,
+        timeout_s: float,
+        transactional_id: str | None = None,
+        from_client: bool = True,
+    ) -> AppendResult:
+        """Append each partition's batches on its leader, now and in the order given (so
+        requests on one connection append in order even while earlier ones wait); the
+        result's ``committed()`` waits for the in-sync replicas when ``acks`` is -1.
+
+        Batches of idempotent producers are checked against the partition's producer
+        state: a retried batch that is already in the log is answered as it was the first
+        time (its original base offset), and with ``acks=all`` only once that original is
+        committed; a sequence gap is refused with OUT_OF_ORDER_SEQUENCE_NUMBER and a
+        fenced producer epoch with INVALID_PRODUCER_EPOCH, nothing appended.
+        ``from_client``: counted in the bytes-in and records-in metrics."""
+        now_ms = wall_clock_ms()
+        result = AppendResult([])
+        for key, records in entries:
+            try:
+                check_request(acks, transactional_id)
+                answer = self._append(key, records, acks, now_ms, from_client, result)
+            except ApiError as error:
+                answer = PartitionAppend(error.code, error.message)
+            result.partitions.append((key, answer))
+        if result.waiting:
+            result.start_timer(timeout_s)
+        return result
+
+    def _append(
+        self,
+        key: TopicPartition,
+        records: bytes | memoryview | None,
+        acks: int,
+        now_ms: int,
+        from_client: bool,
+        result: AppendResult,
+    ) -> PartitionAppend:
+        topic, index = key
+        partition = self.leader_partition(topic, index)
+        settings = partition.settings
+        data = records if records is not None else b""
+        try:
+            headers = validate_batches(data)
+        except InvalidBatch as invalid:
+            raise ApiError(ErrorCode[invalid.error], str(invalid)) from None
+        check_batches(headers, settings, f"{topic}-{index}")
+        if acks == -1:
+            partition.check_enough_replicas()
+        try:
+            appended = partition.append(
+                data, headers, now_ms=now_ms, log_append_time=settings.log_append_time
+            )
+        except OSError as error:
+            log.warning(
+                "append failed", extra={"partition": f"{topic}-{index}", "error": str(error)}
+            )
+            raise ApiError(ErrorCode.kafka_storage_error, f"append failed: {error}") from None
+        if from_client:
+            if appended.record_count:
+                metrics.BYTES_IN.labels(topic=topic).inc(len(data))
+                metrics.RECORDS_IN.labels(topic=topic).inc(appended.record_count)
+            else:  # a retry of a batch already in the log
+                metrics.DUPLICATE_BATCHES.labels(topic=topic).inc()
+        answer = PartitionAppend(
+            base_offset=appended.base_offset,
+            log_append_time_ms=appended.log_append_time_ms,
+            log_start_offset=partition.log.log_start_offset,
+        )
+        if acks == -1:
+            result.wait_for(answer, partition.wait_for_commit(appended.last_offset + 1))
+        return answer
+
+    async def fetch_records(
+        self, params: FetchParams, asked: Sequence[PartitionFetch]
+    ) -> list[FetchedPartition]:
+        """Read the partitions; a fetch that finds fewer than ``min_bytes`` waits, up to
+        ``max_wait``, for an append or a move of the high watermark on one of them, then
+        reads again. A follower's fetch offsets are its log end offsets: the leader learns
+        them first, which moves the high watermark and the ISR; and a follower counts as
+        caught up only while it keeps asking within replica.lag.time.max.ms, so its fetch
+        is never held for more than half of that."""
+        max_wait = params.max_wait_s
+        if params.from_follower:
+            self._record_follower_positions(params.replica_id, asked)
+            max_wait = min(max_wait, self.config.replica_lag_time_max_ms / 2000)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait
+        while True:
+            results, total_bytes, failed = self._read(params, asked)
+            remaining = deadline - loop.time()
+            if total_bytes >= params.min_bytes or failed or remaining <= 0:
+                return results
+            await self.appends.wait(((r.topic, r.partition) for r in results), remaining)
+
+    def _record_follower_positions(self, replica_id: int, asked: Sequence[PartitionFetch]) -> None:
+        for fetch in asked:
+            partition = self._partitions.get((fetch.topic, fetch.partition))
+            if partition is not None and partition.is_leader:
+                partition.follower_fetched(replica_id, fetch.fetch_offset)
+
+    def _read(
+        self, params: FetchParams, asked: Sequence[PartitionFetch]
+    ) -> tuple[list[FetchedPartition], int, bool]:
+        """One pass over the requested partitions: results, bytes found, whether any failed."""
+        results: list[FetchedPartition] = []
+        total_bytes = 0
+        failed = False
+        for fetch in asked:
+            try:
+                partition = self.leader_partition(
+                    fetch.topic, fetch.partition, fetch.current_leader_epoch
+                )
+            except ApiError as error:
+                result = FetchedPartition(fetch.topic, fetch.partition, error.code)
+            else:
+                result = read_partition(
+                    partition,
+                    fetch,
+                    params,
+                    params.max_bytes - total_bytes,
+                    self.throttle,
+                    first=total_bytes == 0,
+                )
+            total_bytes += len(result.records)
+            failed = failed or result.error_code != ErrorCode.none
+            results.append(result)
+        return results, total_bytes, failed
 
     # --- metadata ------------------------------------------------------------------------
 

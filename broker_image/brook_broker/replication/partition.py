@@ -7,7 +7,7 @@ ISR, never backwards. ``acks=all`` producers wait for the high watermark to pass
 batch. A follower that has not caught up with the log end offset for
 ``replica.lag.time.max.ms`` is proposed for removal from the ISR; a follower outside
 the ISR that reached the high watermark (and the start of this leader's epoch) is
-proposed for addition. Proposals go to the metadata quorum (``alter_partition``), one
+proposed for addition. Proposals go to the metadata quorum (``AlterPartition``), one
 at a time; while one is in flight the high watermark counts both ISRs, so it is safe
 whichever way the proposal ends.
 
@@ -36,12 +36,12 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from kio.schema.errors import ErrorCode
 
 from .. import metrics
 from ..config import BrokerConfig
+from ..metadata.commands import AlterPartition
 from ..metadata.errors import ApiError
 from ..metadata.model import NO_LEADER, PartitionState
 from ..metadata.topic_config import TopicSettings, resolve
@@ -51,8 +51,8 @@ from .producer_state import ProducerStateTable
 
 log = logging.getLogger(__name__)
 
-Submit = Callable[..., Awaitable[Any]]
-"""``MetadataQuorum.submit``: runs a ClusterState command through Raft."""
+Submit = Callable[[AlterPartition], Awaitable[PartitionState]]
+"""``MetadataQuorum.submit``: applies an ISR change through Raft."""
 Notify = Callable[[str, int], None]
 """Wakes the fetches waiting on a partition (``AppendNotifier.notify``)."""
 
@@ -402,14 +402,15 @@ class Partition:
     async def _alter_isr(self, start: PartitionState, isr: tuple[int, ...]) -> None:
         shrink = len(isr) < len(start.isr)
         try:
-            result: PartitionState = await self._submit(
-                "alter_partition",
-                self.topic,
-                self.index,
-                self.node_id,
-                start.leader_epoch,
-                start.partition_epoch,
-                list(isr),
+            result = await self._submit(
+                AlterPartition(
+                    self.topic,
+                    self.index,
+                    self.node_id,
+                    start.leader_epoch,
+                    start.partition_epoch,
+                    list(isr),
+                )
             )
         except ApiError as error:
             # Refusals that the next metadata explains (a follower not yet unfenced, a

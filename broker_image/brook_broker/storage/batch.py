@@ -108,7 +108,8 @@ def batch_size_at(data: bytes | bytearray | memoryview, position: int) -> int | 
     """Size of the batch starting at ``position``, or None if its length prefix is cut off."""
     if len(data) - position < LOG_OVERHEAD:
         return None
-    return _LENGTH.unpack_from(data, position)[1] + LOG_OVERHEAD
+    batch_length: int = _LENGTH.unpack_from(data, position)[1]
+    return batch_length + LOG_OVERHEAD
 
 
 def crc_matches(

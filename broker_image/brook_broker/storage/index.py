@@ -170,5 +170,5 @@ class TimeIndex(_IndexFile):
         return self.base_offset + (self.values[-1] if self.values else 0)
 
 
-def _strictly_ascending(values: array) -> bool:
+def _strictly_ascending(values: array[int]) -> bool:
     return all(map(operator.lt, values, values[1:]))

@@ -1,28 +1,34 @@
-"""Requests to the brokers of one cluster, as Kafka's admin tools send them: from a
-bootstrap list, with one :class:`KafkaClient` per broker, to whichever broker answers.
+"""A session with the brokers of one cluster, as Kafka's admin tools hold one: from a
+bootstrap list, one :class:`KafkaClient` per broker, and the ways to the broker a
+request needs: any broker (which hands admin requests to the active controller), a
+group's coordinator, or a partition's leader, each looked up again while it moves.
 
 API versions are agreed once, with the first broker that answers ApiVersions (the
 brokers of one cluster run the same code): each request goes out at the highest version
 both sides speak. Brokers a Metadata response lists are remembered, so that requests
-still find an answer when the bootstrap brokers are gone. ``brook groups`` and the
-operator's admin client are both built on this.
+still find an answer when the bootstrap brokers are gone.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
+from brook_broker.protocol.client import KafkaClient, KafkaConnectionError, KafkaProtocolError
 from kio.schema.errors import ErrorCode
 from kio.schema.index import api_key_map
 
-from .client import KafkaClient, KafkaConnectionError, KafkaProtocolError
+from .lag import TopicPartition
 
 Address = tuple[str, int]
 Broker = tuple[int, Address]
 """A broker's node id and address."""
+Connect = Callable[[str, int, str], KafkaClient]
+"""Makes the client of one broker from its host, port and the client id."""
+Failure = tuple[str, int, str | None]
+"""What failed (e.g. "topic 'orders'"), Kafka's error code, and the broker's message."""
 
 RETRY_BACKOFF_S = 0.25
 """The pause before asking again while leaders, coordinators or controllers move."""
@@ -43,6 +49,21 @@ class Api:
 
 API_VERSIONS = Api(18, 0, 0)
 METADATA = Api(3, 1, 12)
+FIND_COORDINATOR = Api(10, 1, 4)
+
+_BATCHED_FIND_COORDINATOR = 4
+
+_CONTROLLER_MOVING = frozenset({ErrorCode.not_controller, ErrorCode.request_timed_out})
+"""Answers while the active controller moves or its quorum has no leader yet."""
+
+COORDINATOR_MOVING = frozenset(
+    {
+        ErrorCode.coordinator_load_in_progress,
+        ErrorCode.coordinator_not_available,
+        ErrorCode.not_coordinator,
+    }
+)
+"""Answers that mean: ask FindCoordinator again, the group is (about to be) elsewhere."""
 
 
 class KafkaRequestError(Exception):
@@ -51,6 +72,21 @@ class KafkaRequestError(Exception):
 
 class BrokersUnreachable(KafkaRequestError):
     """No broker of the bootstrap list (nor any other known one) could be reached."""
+
+
+class KafkaAdminError(KafkaRequestError):
+    """A broker refused an admin request; ``code`` is Kafka's error code."""
+
+    def __init__(self, operation: str, subject: str, code: int, message: str | None) -> None:
+        self.operation = operation
+        self.code = code
+        self.message = message or ""
+        detail = f": {message}" if message else ""
+        super().__init__(f"{operation} of {subject}: {error_name(code)}{detail}")
+
+
+class GroupsError(KafkaRequestError):
+    """A question about groups could not be answered; the message says why."""
 
 
 def error_name(code: int) -> str:
@@ -94,11 +130,6 @@ def metadata_brokers(metadata: Any) -> list[Broker]:
     )
 
 
-def deadline_in(seconds: float) -> float:
-    """The event loop's time ``seconds`` from now, to bound retries."""
-    return asyncio.get_running_loop().time() + seconds
-
-
 class ClusterClient:
     """Connections to the brokers of one cluster; keeps one per broker, and the brokers
     and API versions it learnt, until :meth:`close`. ``request_timeout`` bounds each
@@ -110,7 +141,7 @@ class ClusterClient:
         *,
         client_id: str,
         request_timeout: float = 10.0,
-        connect: Callable[[str, int, str], KafkaClient] = KafkaClient,
+        connect: Connect = KafkaClient,
     ) -> None:
         self._bootstrap = parse_bootstrap(bootstrap) if isinstance(bootstrap, str) else [*bootstrap]
         if not self._bootstrap:
@@ -191,25 +222,33 @@ class ClusterClient:
         return version
 
 
+class _CoordinatorMoved(Exception):
+    """The coordinator asked is not (or not yet) the group's: find it again."""
+
+
 class ClusterSession:
-    """What the clients that ask one cluster many things (``brook groups``, the
-    operator's admin client) share: one :class:`ClusterClient`, kept until :meth:`close`
-    (or the end of ``async with``), and how long to keep retrying while leaders or
-    coordinators move."""
+    """One :class:`ClusterClient` and what it learnt (brokers, API versions, group
+    coordinators), kept until :meth:`close` (or the end of ``async with``); safe to
+    reuse for many requests. ``request_timeout`` bounds each request; ``retry_timeout``
+    how long to keep asking while controllers, coordinators or leaders move (after a
+    broker failure a new one is elected within a few seconds)."""
 
     def __init__(
         self,
         bootstrap: str | Sequence[Address],
         *,
-        client_id: str,
+        client_id: str = "brook",
         request_timeout: float = 10.0,
         retry_timeout: float = 15.0,
-        connect: Callable[[str, int, str], KafkaClient] = KafkaClient,
+        connect: Connect = KafkaClient,
     ) -> None:
         self._cluster = ClusterClient(
             bootstrap, client_id=client_id, request_timeout=request_timeout, connect=connect
         )
         self._retry_timeout = retry_timeout
+        # The brokers' own deadline, inside the client's: their answer arrives first.
+        self._timeout_ms = int(request_timeout * 800)
+        self._coordinators: dict[str, Broker] = {}
 
     async def __aenter__(self) -> Self:
         return self
@@ -219,3 +258,97 @@ class ClusterSession:
 
     async def close(self) -> None:
         await self._cluster.close()
+
+    def _deadline(self) -> float:
+        """The event loop's time ``retry_timeout`` from now, to bound retries."""
+        return asyncio.get_running_loop().time() + self._retry_timeout
+
+    # -- the active controller, through any broker
+
+    async def _ask(
+        self,
+        api: Api,
+        body: Mapping[str, Any],
+        failures_of: Callable[[Any], Iterable[Failure]],
+    ) -> Any:
+        """The response of a request to any broker, sent again while the controller
+        moves; any other failure ``failures_of`` finds is raised as KafkaAdminError."""
+        deadline = self._deadline()
+        while True:
+            _, response = await self._cluster.any_broker(api, body)
+            failures = [failure for failure in failures_of(response) if failure[1] != 0]
+            retrying = any(code in _CONTROLLER_MOVING for _, code, _ in failures)
+            if not failures or not retrying or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(RETRY_BACKOFF_S)
+        if failures:
+            subject, code, message = failures[0]
+            raise KafkaAdminError(api.name, subject, int(code), message)
+        return response
+
+    # -- a group's coordinator
+
+    async def _coordinator(self, group_id: str) -> Broker:
+        cached = self._coordinators.get(group_id)
+        if cached is not None:
+            return cached
+        body = {"key": group_id, "key_type": 0, "coordinator_keys": [group_id]}
+        version, response = await self._cluster.any_broker(FIND_COORDINATOR, body)
+        answer = response.coordinators[0] if version >= _BATCHED_FIND_COORDINATOR else response
+        code = int(answer.error_code)
+        if code in COORDINATOR_MOVING:
+            raise _CoordinatorMoved(f"FindCoordinator answered {error_name(code)}")
+        if code != ErrorCode.none:
+            message = f": {answer.error_message}" if answer.error_message else ""
+            raise GroupsError(f"FindCoordinator of group {group_id!r}: {error_name(code)}{message}")
+        coordinator = (int(answer.node_id), (str(answer.host), int(answer.port)))
+        self._coordinators[group_id] = coordinator
+        return coordinator
+
+    async def _ask_coordinator(
+        self,
+        group_id: str,
+        api: Api,
+        body: Mapping[str, Any],
+        error_of: Callable[[int, Any], int],
+    ) -> tuple[int, int, Any]:
+        """Node, version and response of a request to the group's coordinator, found
+        again while coordinators move or load (bounded by ``retry_timeout``)."""
+        deadline = self._deadline()
+        while True:
+            try:
+                node, address = await self._coordinator(group_id)
+                try:
+                    version, response = await self._cluster.request(address, api, body)
+                except (KafkaConnectionError, TimeoutError) as error:
+                    reason = failure_reason(error, address)
+                    raise _CoordinatorMoved(f"broker {node}: {reason}") from None
+                code = error_of(version, response)
+                if code not in COORDINATOR_MOVING:
+                    return node, version, response
+                raise _CoordinatorMoved(f"broker {node} answered {error_name(code)}")
+            except _CoordinatorMoved as moved:
+                self._coordinators.pop(group_id, None)
+                if asyncio.get_running_loop().time() > deadline:
+                    raise GroupsError(
+                        f"no coordinator of group {group_id!r} answered {api.name} within "
+                        f"{self._retry_timeout:g} s (last: {moved})"
+                    ) from None
+            await asyncio.sleep(RETRY_BACKOFF_S)
+
+    # -- partition leaders
+
+    async def _leaders(self, topics: Sequence[str]) -> dict[TopicPartition, Broker | None]:
+        """Each partition's leader (None while it has none); deleted topics are absent."""
+        response = await self._cluster.metadata(topics)
+        brokers = dict(metadata_brokers(response))
+        return {
+            (str(topic.name), int(partition.partition_index)): (
+                (int(partition.leader_id), brokers[partition.leader_id])
+                if partition.leader_id in brokers
+                else None
+            )
+            for topic in response.topics
+            if topic.error_code != ErrorCode.unknown_topic_or_partition
+            for partition in topic.partitions
+        }

@@ -6,48 +6,38 @@ A group's rows are the partitions it has committed offsets for (OffsetFetch to t
 group's coordinator) together with the partitions its members are assigned
 (DescribeGroups, decoding the consumer protocol's assignments). Each row gets the
 partition's log end offset from the partition's leader: ListOffsets "latest", which is
-the high watermark, the next offset a consumer can read.
-
-**Lag** is log end offset - committed offset. A partition without a committed offset
-(a member has not committed its first offsets yet, or partitions were added) is read by
-the group's consumers from where their ``auto.offset.reset`` points, so its lag follows
-the reset policy the reader is given:
-
-- ``latest`` (the default, as for Kafka consumers): they start at the log end: lag 0;
-- ``earliest``: they start at the log start offset: lag = log end - log start.
+the high watermark, the next offset a consumer can read. The lag follows the rule of
+:mod:`brook_client.lag`; the log start offset is read where that rule needs it (for
+partitions without a committed offset, reset to ``earliest``).
 
 Log end offset and lag are None where no leader of the partition could answer (no
-leader now, topic deleted). API versions are agreed once, with the first broker that
-answers ApiVersions: the brokers of one cluster run the same code.
+leader now, topic deleted).
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from brook_broker.protocol.client import KafkaClient, KafkaConnectionError
-from brook_broker.protocol.cluster_client import (
-    RETRY_BACKOFF_S,
-    Address,
-    Api,
-    Broker,
-    ClusterSession,
-    KafkaRequestError,
-    deadline_in,
-    error_name,
-    failure_reason,
-    metadata_brokers,
-)
+from brook_broker.protocol.client import KafkaConnectionError
 from kio.schema.consumer_protocol_assignment.v3.data import ConsumerProtocolAssignment
 from kio.schema.errors import ErrorCode
 from kio.serial import entity_reader
 
-TopicPartition = tuple[str, int]
+from .lag import OffsetReset, PartitionOffsets, TopicPartition, partition_lag
+from .session import (
+    RETRY_BACKOFF_S,
+    Api,
+    Broker,
+    ClusterSession,
+    GroupsError,
+    error_name,
+    failure_reason,
+    metadata_brokers,
+)
 
 CONSUMER_PROTOCOL = "consumer"
 """The protocol type of Kafka consumers' groups: only their assignments can be decoded."""
@@ -55,17 +45,9 @@ CONSUMER_PROTOCOL = "consumer"
 DEAD = "Dead"
 """The state a coordinator gives a group it does not know."""
 
-_LATEST = -1
-_EARLIEST = -2
-
-_COORDINATOR_ERRORS = frozenset(
-    {
-        ErrorCode.coordinator_load_in_progress,
-        ErrorCode.coordinator_not_available,
-        ErrorCode.not_coordinator,
-    }
-)
-"""Answers that mean: ask FindCoordinator again, the group is (about to be) elsewhere."""
+LATEST = -1
+EARLIEST = -2
+"""ListOffsets' timestamps of a partition's log end and log start offsets."""
 
 _LEADER_ERRORS = frozenset(
     {
@@ -80,22 +62,12 @@ _LEADER_ERRORS = frozenset(
 )
 """ListOffsets answers after which the partition's leader is looked up again."""
 
-
 _LIST_OFFSETS = Api(2, 1, 7)
 _OFFSET_FETCH = Api(9, 2, 9)  # 2 is the first that fetches every partition (topics null)
-_FIND_COORDINATOR = Api(10, 1, 4)
 _DESCRIBE_GROUPS = Api(15, 0, 5)
 _LIST_GROUPS = Api(16, 0, 4)
 
 _BATCHED_OFFSET_FETCH = 8
-_BATCHED_FIND_COORDINATOR = 4
-
-
-class OffsetReset(enum.StrEnum):
-    """Where a consumer starts on a partition its group has no committed offset for."""
-
-    EARLIEST = "earliest"
-    LATEST = "latest"
 
 
 @dataclass(frozen=True)
@@ -147,31 +119,11 @@ class GroupLag:
         return sum(row.lag for row in self.partitions if row.lag is not None)
 
 
-class GroupsError(KafkaRequestError):
-    """A question about groups could not be answered; the message says why."""
-
-
 class GroupNotFound(GroupsError):
     """The coordinator knows no such group (state Dead) and it has no committed offsets."""
 
 
 # --- pure parts --------------------------------------------------------------------------
-
-
-def partition_lag(
-    committed_offset: int | None,
-    log_start_offset: int | None,
-    log_end_offset: int | None,
-    reset: OffsetReset,
-) -> int | None:
-    """The lag of one partition (see the module docstring for the rule); None if unknown."""
-    if log_end_offset is None:
-        return None
-    if committed_offset is not None:
-        return log_end_offset - committed_offset
-    if reset is OffsetReset.LATEST:
-        return 0
-    return None if log_start_offset is None else log_end_offset - log_start_offset
 
 
 _ASSIGNMENT_VERSION = struct.Struct(">h")
@@ -264,40 +216,16 @@ def _described_group(answer: Any, coordinator: int) -> GroupDescription:
     )
 
 
-# --- the reader --------------------------------------------------------------------------
+def _offset_fetch_error(version: int, response: Any) -> int:
+    answer = response.groups[0] if version >= _BATCHED_OFFSET_FETCH else response
+    return int(answer.error_code)
 
 
-class _CoordinatorMoved(Exception):
-    """The coordinator asked is not (or not yet) the group's: find it again."""
+# --- the requests --------------------------------------------------------------------------
 
 
-class GroupReader(ClusterSession):
-    """Reads consumer groups from a cluster. Keeps one connection per broker, and what it
-    learnt (brokers, coordinators), until :meth:`close`; safe to reuse for many reads.
-
-    ``request_timeout`` bounds each request; ``retry_timeout`` bounds the search for a
-    group's coordinator and for partition leaders while they move (after a broker
-    failure a new one is elected within a few seconds)."""
-
-    def __init__(
-        self,
-        bootstrap: str | Sequence[Address],
-        *,
-        client_id: str = "brook-groups",
-        request_timeout: float = 10.0,
-        retry_timeout: float = 15.0,
-        connect: Callable[[str, int, str], KafkaClient] = KafkaClient,
-    ) -> None:
-        super().__init__(
-            bootstrap,
-            client_id=client_id,
-            request_timeout=request_timeout,
-            retry_timeout=retry_timeout,
-            connect=connect,
-        )
-        self._coordinators: dict[str, Broker] = {}
-
-    # -- what callers ask
+class GroupAdmin(ClusterSession):
+    """The consumer group requests of :class:`brook_client.admin.KafkaAdmin`."""
 
     async def list_groups(self) -> list[GroupDescription]:
         """Every group any broker coordinates (ListGroups to each broker), each described
@@ -371,20 +299,38 @@ class GroupReader(ClusterSession):
             for topic_partition in member.assignment
         }
         uncommitted = partitions - committed.keys()
-        log_end_offsets = await self.log_offsets(partitions, _LATEST)
+        log_end_offsets = await self.log_offsets(partitions, LATEST)
         log_start_offsets = (
-            await self.log_offsets(uncommitted, _EARLIEST)
+            await self.log_offsets(uncommitted, EARLIEST)
             if reset is OffsetReset.EARLIEST and uncommitted
             else {}
         )
         rows = lag_rows(description, committed, log_start_offsets, log_end_offsets, reset)
         return GroupLag(description, rows)
 
+    async def group_offsets(
+        self, group_id: str, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, PartitionOffsets]:
+        """For each of ``partitions``: the group's committed offset and the log start and
+        log end offsets, everything the lag rule needs whatever the reset policy."""
+        wanted = sorted(set(partitions))
+        committed = await self.committed_offsets(group_id)
+        log_end = await self.log_offsets(wanted, LATEST)
+        log_start = await self.log_offsets(wanted, EARLIEST)
+        return {
+            topic_partition: PartitionOffsets(
+                committed.get(topic_partition),
+                log_start.get(topic_partition),
+                log_end.get(topic_partition),
+            )
+            for topic_partition in wanted
+        }
+
     async def log_offsets(
-        self, partitions: Iterable[TopicPartition], timestamp: int = _LATEST
+        self, partitions: Iterable[TopicPartition], timestamp: int = LATEST
     ) -> dict[TopicPartition, int]:
-        """ListOffsets to each partition's leader (-1: log end, -2: log start). Partitions
-        whose leaders cannot answer within ``retry_timeout`` are left out."""
+        """ListOffsets to each partition's leader (LATEST: log end, EARLIEST: log start).
+        Partitions whose leaders cannot answer within ``retry_timeout`` are left out."""
         wanted = set(partitions)
         found: dict[TopicPartition, int] = {}
         deadline = self._deadline()
@@ -410,56 +356,6 @@ class GroupReader(ClusterSession):
             await asyncio.sleep(RETRY_BACKOFF_S)
         return found
 
-    # -- coordinators
-
-    async def _coordinator(self, group_id: str) -> Broker:
-        cached = self._coordinators.get(group_id)
-        if cached is not None:
-            return cached
-        body = {"key": group_id, "key_type": 0, "coordinator_keys": [group_id]}
-        version, response = await self._cluster.any_broker(_FIND_COORDINATOR, body)
-        answer = response.coordinators[0] if version >= _BATCHED_FIND_COORDINATOR else response
-        code = int(answer.error_code)
-        if code in _COORDINATOR_ERRORS:
-            raise _CoordinatorMoved(f"FindCoordinator answered {error_name(code)}")
-        if code != ErrorCode.none:
-            message = f": {answer.error_message}" if answer.error_message else ""
-            raise GroupsError(f"FindCoordinator of group {group_id!r}: {error_name(code)}{message}")
-        coordinator = (int(answer.node_id), (str(answer.host), int(answer.port)))
-        self._coordinators[group_id] = coordinator
-        return coordinator
-
-    async def _ask_coordinator(
-        self,
-        group_id: str,
-        api: Api,
-        body: Mapping[str, Any],
-        error_of: Callable[[int, Any], int],
-    ) -> tuple[int, int, Any]:
-        """Node, version and response of a request to the group's coordinator, found
-        again while coordinators move or load (bounded by ``retry_timeout``)."""
-        deadline = self._deadline()
-        while True:
-            try:
-                node, address = await self._coordinator(group_id)
-                try:
-                    version, response = await self._cluster.request(address, api, body)
-                except (KafkaConnectionError, TimeoutError) as error:
-                    reason = failure_reason(error, address)
-                    raise _CoordinatorMoved(f"broker {node}: {reason}") from None
-                code = error_of(version, response)
-                if code not in _COORDINATOR_ERRORS:
-                    return node, version, response
-                raise _CoordinatorMoved(f"broker {node} answered {error_name(code)}")
-            except _CoordinatorMoved as moved:
-                self._coordinators.pop(group_id, None)
-                if asyncio.get_running_loop().time() > deadline:
-                    raise GroupsError(
-                        f"no coordinator of group {group_id!r} answered {api.name} within "
-                        f"{self._retry_timeout:g} s (last: {moved})"
-                    ) from None
-            await asyncio.sleep(RETRY_BACKOFF_S)
-
     async def _listed_on(self, broker: Broker) -> list[str]:
         """The ids of the groups ``broker`` coordinates (waits while it loads them)."""
         node, address = broker
@@ -480,23 +376,6 @@ class GroupReader(ClusterSession):
                     f"broker {node} was still loading its groups after {self._retry_timeout:g} s"
                 )
             await asyncio.sleep(RETRY_BACKOFF_S)
-
-    # -- partition leaders
-
-    async def _leaders(self, topics: Sequence[str]) -> dict[TopicPartition, Broker | None]:
-        """Each partition's leader (None while it has none); deleted topics are absent."""
-        response = await self._cluster.metadata(topics)
-        brokers = dict(metadata_brokers(response))
-        return {
-            (str(topic.name), int(partition.partition_index)): (
-                (int(partition.leader_id), brokers[partition.leader_id])
-                if partition.leader_id in brokers
-                else None
-            )
-            for topic in response.topics
-            if topic.error_code != ErrorCode.unknown_topic_or_partition
-            for partition in topic.partitions
-        }
 
     async def _list_offsets(
         self, leader: Broker, partitions: Sequence[TopicPartition], timestamp: int
@@ -533,11 +412,3 @@ class GroupReader(ClusterSession):
                         f"{node}: {error_name(code)}"
                     )
         return offsets
-
-    def _deadline(self) -> float:
-        return deadline_in(self._retry_timeout)
-
-
-def _offset_fetch_error(version: int, response: Any) -> int:
-    answer = response.groups[0] if version >= _BATCHED_OFFSET_FETCH else response
-    return int(answer.error_code)

@@ -1,5 +1,6 @@
-"""The operator's Kafka admin client: what it reads from a broker cluster and changes in
-it, over the same admin requests any Kafka admin tool sends.
+"""Admin requests about the cluster and its topics, as any Kafka admin tool sends them:
+describe the cluster, topics, configs, reassignments and log dirs; create and delete
+topics, add partitions, alter configs, reassign partitions, elect preferred leaders.
 
 Requests go to whichever broker answers (every broker hands admin requests to the active
 controller). While the controller moves (NOT_CONTROLLER, REQUEST_TIMED_OUT) a request is
@@ -9,28 +10,28 @@ as :class:`KafkaAdminError` with Kafka's error code and message.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from brook_broker.metadata.topic_config import ConfigSource
-from brook_broker.protocol.client import KafkaClient
-from brook_broker.protocol.cluster_client import (
-    RETRY_BACKOFF_S,
-    Address,
+from brook_broker.protocol.client import KafkaConnectionError
+from kio.schema.errors import ErrorCode
+
+from .session import (
     Api,
     ClusterSession,
+    Failure,
+    KafkaAdminError,
     KafkaRequestError,
-    deadline_in,
-    error_name,
 )
-from kio.schema.errors import ErrorCode
 
 _CREATE_TOPICS = Api(19, 2, 7)
 _DELETE_TOPICS = Api(20, 1, 6)
 _DESCRIBE_CONFIGS = Api(32, 1, 4)
+_DESCRIBE_LOG_DIRS = Api(35, 1, 4)
 _CREATE_PARTITIONS = Api(37, 0, 3)
+_ELECT_LEADERS = Api(43, 1, 2)
 _INCREMENTAL_ALTER_CONFIGS = Api(44, 0, 1)
 _ALTER_PARTITION_REASSIGNMENTS = Api(45, 0, 0)
 _LIST_PARTITION_REASSIGNMENTS = Api(46, 0, 0)
@@ -38,24 +39,7 @@ _DESCRIBE_CLUSTER = Api(60, 0, 1)
 
 _TOPIC_RESOURCE = 2
 _SET, _DELETE = 0, 1
-_TOPIC_IDS_IN_DELETE = 6
-
-_RETRIABLE = frozenset({ErrorCode.not_controller, ErrorCode.request_timed_out})
-"""Answers while the active controller moves or its quorum has no leader yet."""
-
-Failure = tuple[str, int, str | None]
-"""What failed (e.g. "topic 'orders'"), Kafka's error code, and the broker's message."""
-
-
-class KafkaAdminError(KafkaRequestError):
-    """A broker refused an admin request; ``code`` is Kafka's error code."""
-
-    def __init__(self, operation: str, subject: str, code: int, message: str | None) -> None:
-        self.operation = operation
-        self.code = code
-        self.message = message or ""
-        detail = f": {message}" if message else ""
-        super().__init__(f"{operation} of {subject}: {error_name(code)}{detail}")
+_PREFERRED = 0
 
 
 @dataclass(frozen=True, order=True)
@@ -117,27 +101,8 @@ class Reassignment:
     removing: tuple[int, ...]
 
 
-class KafkaAdmin(ClusterSession):
-    """Admin requests to one broker cluster; keeps its connections until :meth:`close`."""
-
-    def __init__(
-        self,
-        bootstrap: str | Sequence[Address],
-        *,
-        client_id: str = "brook-operator",
-        request_timeout: float = 10.0,
-        retry_timeout: float = 15.0,
-        connect: Callable[[str, int, str], KafkaClient] = KafkaClient,
-    ) -> None:
-        super().__init__(
-            bootstrap,
-            client_id=client_id,
-            request_timeout=request_timeout,
-            retry_timeout=retry_timeout,
-            connect=connect,
-        )
-        # The brokers' own deadline, inside the client's: their answer arrives first.
-        self._timeout_ms = int(request_timeout * 800)
+class ClusterAdmin(ClusterSession):
+    """The cluster and topic requests of :class:`brook_client.admin.KafkaAdmin`."""
 
     # -- reading
 
@@ -159,12 +124,14 @@ class KafkaAdmin(ClusterSession):
             ),
         )
 
-    async def describe_topics(self, names: Iterable[str]) -> dict[str, TopicDescription | None]:
+    async def describe_topics(
+        self, names: Iterable[str] | None = None
+    ) -> dict[str, TopicDescription | None]:
         """Each topic's partitions with leader, replicas and ISR; None for a topic that
-        does not exist."""
-        wanted = list(dict.fromkeys(names))
+        does not exist. Every topic of the cluster when ``names`` is None."""
+        wanted = None if names is None else list(dict.fromkeys(names))
         response = await self._cluster.metadata(wanted)
-        found: dict[str, TopicDescription | None] = dict.fromkeys(wanted)
+        found: dict[str, TopicDescription | None] = dict.fromkeys(wanted or ())
         for topic in response.topics:
             code = int(topic.error_code)
             if code == ErrorCode.unknown_topic_or_partition:
@@ -186,30 +153,53 @@ class KafkaAdmin(ClusterSession):
     async def describe_topic(self, name: str) -> TopicDescription | None:
         return (await self.describe_topics([name]))[name]
 
-    async def describe_topic_configs(self, name: str) -> dict[str, ConfigValue]:
-        """Every config of the topic, with its effective value."""
+    async def describe_configs(
+        self, topics: Sequence[str], keys: Sequence[str] | None = None
+    ) -> dict[str, dict[str, ConfigValue]]:
+        """The configs of each topic (those named by ``keys``, or every one), in one
+        request; topics that do not exist (deleted meanwhile) are left out."""
+        if not topics:
+            return {}
         body = {
             "resources": [
                 {
                     "resource_type": _TOPIC_RESOURCE,
                     "resource_name": name,
-                    "configuration_keys": None,
+                    "configuration_keys": None if keys is None else list(keys),
                 }
+                for name in topics
             ],
             "include_synonyms": False,
             "include_documentation": False,
         }
-        response = await self._ask(
-            _DESCRIBE_CONFIGS, body, lambda response: _failures(response.results, "resource_name")
-        )
+
+        def failures(response: Any) -> Iterator[Failure]:
+            for failure in _failures(response.results, "resource_name"):
+                if failure[1] != ErrorCode.unknown_topic_or_partition:
+                    yield failure
+
+        response = await self._ask(_DESCRIBE_CONFIGS, body, failures)
         return {
-            str(entry.name): ConfigValue(
-                value=entry.value,
-                override=entry.config_source == ConfigSource.DYNAMIC_TOPIC_CONFIG,
-                read_only=bool(entry.read_only),
-            )
-            for entry in response.results[0].configs
+            str(result.resource_name): {
+                str(entry.name): ConfigValue(
+                    value=entry.value,
+                    override=entry.config_source == ConfigSource.DYNAMIC_TOPIC_CONFIG,
+                    read_only=bool(entry.read_only),
+                )
+                for entry in result.configs
+            }
+            for result in response.results
+            if result.error_code == ErrorCode.none
         }
+
+    async def describe_topic_configs(self, name: str) -> dict[str, ConfigValue]:
+        """Every config of the topic, with its effective value."""
+        found = await self.describe_configs([name])
+        if name not in found:
+            raise KafkaAdminError(
+                "DescribeConfigs", f"topic {name!r}", ErrorCode.unknown_topic_or_partition, None
+            )
+        return found[name]
 
     async def list_partition_reassignments(
         self, topics: Iterable[str] | None = None
@@ -234,6 +224,25 @@ class KafkaAdmin(ClusterSession):
             if wanted is None or topic.name in wanted
             for p in topic.partitions
         }
+
+    async def log_bytes(self, brokers: Sequence[BrokerDescription]) -> int | None:
+        """The size of all partition replicas on ``brokers``: DescribeLogDirs to each,
+        which answers for itself; None as soon as one does not answer."""
+        total = 0
+        for broker in brokers:
+            try:
+                _, response = await self._cluster.request(
+                    (broker.host, broker.port), _DESCRIBE_LOG_DIRS, {"topics": None}
+                )
+            except (KafkaConnectionError, KafkaRequestError, TimeoutError):
+                return None
+            total += sum(
+                partition.partition_size
+                for result in response.results
+                for topic in result.topics
+                for partition in topic.partitions
+            )
+        return total
 
     # -- changing
 
@@ -325,6 +334,22 @@ class KafkaAdmin(ClusterSession):
 
         await self._ask(_ALTER_PARTITION_REASSIGNMENTS, body, failures)
 
+    async def elect_preferred_leaders(self) -> None:
+        """Give every partition's leadership to its first replica where it is in sync
+        (a partition already led by it needs no election)."""
+        body = {"election_type": _PREFERRED, "topic_partitions": None, "timeout": self._timeout_ms}
+
+        def failures(response: Any) -> list[Failure]:
+            found: list[Failure] = [("the election", getattr(response, "error_code", 0), None)]
+            for topic in response.replica_election_results:
+                for result in topic.partition_result:
+                    if result.error_code != ErrorCode.election_not_needed:
+                        subject = f"partition {topic.topic}-{result.partition_id}"
+                        found.append((subject, result.error_code, result.error_message))
+            return found
+
+        await self._ask(_ELECT_LEADERS, body, failures)
+
     async def delete_topic(self, name: str) -> None:
         body = {
             "topics": [{"name": name}],
@@ -334,28 +359,6 @@ class KafkaAdmin(ClusterSession):
         await self._ask(
             _DELETE_TOPICS, body, lambda response: _failures(response.responses, "name")
         )
-
-    # -- requests
-
-    async def _ask(
-        self,
-        api: Api,
-        body: Mapping[str, Any],
-        failures_of: Callable[[Any], Iterable[Failure]],
-    ) -> Any:
-        """The response of a request, sent again while the controller moves."""
-        deadline = deadline_in(self._retry_timeout)
-        while True:
-            _, response = await self._cluster.any_broker(api, body)
-            failures = [failure for failure in failures_of(response) if failure[1] != 0]
-            retrying = any(code in _RETRIABLE for _, code, _ in failures)
-            if not failures or not retrying or asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(RETRY_BACKOFF_S)
-        if failures:
-            subject, code, message = failures[0]
-            raise KafkaAdminError(api.name, subject, int(code), message)
-        return response
 
 
 def _partition(partition: Any) -> PartitionDescription:
