@@ -18,12 +18,13 @@ of the metadata quorum, default settings otherwise), then measures:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -273,28 +274,33 @@ def failovers(cluster: Cluster, topic: str, rounds: int) -> list[Failover]:
 # --- the run -----------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def running_cluster(root: Path) -> Iterator[Cluster]:
+    """Three started brokers, stopped on the way out. A failure of the bench ends the
+    program (exit status 1) with the end of the brokers' log."""
+    log_path = root / "brokers.log"
+    with log_path.open("wb") as logs:
+        cluster = Cluster(root, logs)
+        try:
+            cluster.start()
+            yield cluster
+        except (BrokerFailed, RuntimeError, OSError, subprocess.SubprocessError) as error:
+            print(f"bench: {error}", file=sys.stderr)
+            print(log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
+            raise SystemExit(1) from None
+        finally:
+            if stop_all(cluster.brokers, timeout=30):
+                print("bench: brokers did not stop within 30 s and were killed", file=sys.stderr)
+
+
 def run(options: argparse.Namespace) -> int:
-    with workspace(options) as (kcat, root, records_path):
-        log_path = root / "brokers.log"
-        with log_path.open("wb") as logs:
-            cluster = Cluster(root, logs)
-            try:
-                cluster.start()
-                cluster.create_topic("bench-rf3", options.partitions)
-                cluster.create_topic("bench-failover", 1)
-                throughput = produce(
-                    cluster, kcat, "bench-rf3", records_path, options.records, options.timeout
-                )
-                rounds = failovers(cluster, "bench-failover", options.failovers)
-            except (BrokerFailed, RuntimeError, OSError, subprocess.SubprocessError) as error:
-                print(f"bench: {error}", file=sys.stderr)
-                print(log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
-                return 1
-            finally:
-                if stop_all(cluster.brokers, timeout=30):
-                    print(
-                        "bench: brokers did not stop within 30 s and were killed", file=sys.stderr
-                    )
+    with workspace(options) as (kcat, root, records_path), running_cluster(root) as cluster:
+        cluster.create_topic("bench-rf3", options.partitions)
+        cluster.create_topic("bench-failover", 1)
+        throughput = produce(
+            cluster, kcat, "bench-rf3", records_path, options.records, options.timeout
+        )
+        rounds = failovers(cluster, "bench-failover", options.failovers)
     report(options, throughput, rounds)
     return 0
 

@@ -61,11 +61,13 @@ class Broker:
         self._collectors: list[Collector] = []
         self._maintenance: asyncio.Task[None] | None = None
         self._memory_trimmer: asyncio.Task[None] | None = None
+        self._loop_lag: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Serve /healthz at once, catch up on metadata, recover the logs, take Kafka
         clients, then register and wait to be unfenced."""
         config = self.config
+        self._loop_lag = asyncio.create_task(metrics.watch_event_loop_lag(), name="loop lag")
         self._http = HttpServer(lambda: self.ready)
         self.http_address = await self._http.start(*config.http_address)
         config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -176,10 +178,11 @@ class Broker:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
             self._maintenance = None
-        if self._memory_trimmer is not None:
-            self._memory_trimmer.cancel()
-            await asyncio.gather(self._memory_trimmer, return_exceptions=True)
-            self._memory_trimmer = None
+        for task in (self._memory_trimmer, self._loop_lag):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._memory_trimmer = self._loop_lag = None
         for collector in self._collectors:
             metrics.REGISTRY.unregister(collector)
         self._collectors = []

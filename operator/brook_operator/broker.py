@@ -11,15 +11,17 @@ changes nothing in the cluster: the Ready condition and a Warning event say why.
 Scaling never costs data (decisions in :mod:`brook_operator.broker_scaling`): more
 replicas scale the StatefulSet first, then, once the new brokers have registered,
 partitions are reassigned onto them (throttled) and preferred leaders elected; fewer
-replicas drain the leaving brokers first and shrink the StatefulSet only once nothing is
-on them and every ISR is full. The pods are replaced ``OnDelete``: the operator restarts
-them one at a time, only when the cluster can spare the broker, the controller last.
+replicas, once a second round's view of the cluster allows them too, drain the leaving
+brokers first and shrink the StatefulSet only once nothing is on them and every ISR is
+full. The pods are replaced ``OnDelete``: the operator restarts them one at a time, only
+when the cluster can spare the broker, the controller last.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import datetime
 import secrets
@@ -34,7 +36,7 @@ from brook_client.session import KafkaRequestError
 from kubernetes.client.exceptions import ApiException
 
 from . import metrics, owned_objects
-from .broker_index import BrokerObjects, namespaced
+from .broker_index import BrokerObjects
 from .broker_resources import (
     GROUP,
     VERSION,
@@ -62,6 +64,7 @@ from .broker_scaling import (
 )
 from .broker_status import Observed, Refusal, broker_status, status_changes
 from .cluster_view import ClusterReader, ClusterView
+from .resource_index import namespaced
 from .settings import OperatorSettings
 
 PLURAL = "brokers"
@@ -129,6 +132,10 @@ class _Scaling:
     revision: str | None = None
     restarted: tuple[int, ...] = ()
     """Brokers restarted onto ``revision``."""
+    confirmed: bool = False
+    """A scale-in: allowed again by a round after the one that started it. Nothing moves
+    before: that round's view may be older than the spec (a topic created just before
+    it is in the metadata of one broker before another's)."""
 
     def report(self, remaining: int) -> dict[str, Any]:
         total = len(self.planned)
@@ -280,6 +287,11 @@ class BrokerReconciler:
     ) -> None:
         self.body, self.name, self.namespace = body, name, namespace
         self.settings, self.state, self.objects = settings, state, objects
+        self.spec: Mapping[str, Any] = copy.deepcopy(dict(body.spec))
+        """The spec as the round starts. The daemon's body is live: a spec changed while
+        the round observes its cluster would otherwise be decided on a view older than
+        itself (a scale-in drained before the round could see the topic that forbids it).
+        The next round takes it, with the cluster as it is then."""
 
     async def reconcile(self) -> None:
         """Observe, apply the owned objects, take one scaling or rolling step, report."""
@@ -325,7 +337,7 @@ class BrokerReconciler:
     async def apply_owned_objects(self, seen: _Seen) -> int:
         """Apply the objects with the StatefulSet at the size it may have now; returns the
         brokers wanted (``spec.replicas``, or more when autoscaled)."""
-        spec = self.body.spec
+        spec = self.spec
         try:
             parsed = BrokerSpec.parse(spec, self.settings.broker_image)
             env = broker_env(parsed)
@@ -376,6 +388,10 @@ class BrokerReconciler:
         """How many brokers the StatefulSet may run now; None when a scale-in is refused."""
         scaling, current = self.scaling, seen.current
         if current is None or wanted == current:
+            if scaling.phase == DRAINING:  # the leaving brokers are gone, or stay after all
+                gone = current is not None and min(scaling.brokers, default=0) >= current
+                message = f"scaled in to {wanted} brokers" if gone else "scale-in called off"
+                self.state.scaling = _Scaling(IDLE, message, planned=scaling.planned)
             return wanted
         if wanted > current:
             added = tuple(range(current, wanted))
@@ -395,6 +411,10 @@ class BrokerReconciler:
             self._refuse(refusal)
             return None
         leaving = leaving_brokers(current, wanted)
+        if scaling.phase != DRAINING or scaling.brokers != leaving:
+            self.state.scaling = _Scaling(DRAINING, "checking the scale-in again", leaving)
+            return current
+        scaling.confirmed = True
         left = undrained(seen.cluster.partitions, seen.reassignments, leaving)
         if not left:
             self._info(
@@ -406,8 +426,6 @@ class BrokerReconciler:
                 IDLE, f"scaled in to {wanted} brokers", planned=scaling.planned
             )
             return wanted
-        if scaling.phase != DRAINING or scaling.brokers != leaving:
-            self.state.scaling = _Scaling(DRAINING, "draining", leaving)
         return current
 
     async def _apply(self, spec: BrokerSpec, env: Mapping[str, str]) -> bool:
@@ -493,6 +511,8 @@ class BrokerReconciler:
 
     async def _drain(self, seen: _Seen, cluster: ClusterView, admin: RoundAdmin) -> None:
         scaling = self.scaling
+        if not scaling.confirmed:
+            return
         left = undrained(cluster.partitions, seen.reassignments, scaling.brokers)
         if seen.reassignments:
             scaling.message = f"moving {len(seen.reassignments)} partitions off brokers " + _list(
@@ -567,7 +587,10 @@ class BrokerReconciler:
         was_restarting = scaling.phase == RESTARTING
         if not step.pending:
             lagging = sum(not set(p.replicas) <= set(p.isr) for p in cluster.partitions)
-            if was_restarting and (lagging or not all(pod.ready for pod in brokers)):
+            # A pod the index has not seen again yet is away too, not done.
+            ready = {pod.ordinal for pod in brokers if pod.ready}
+            away = set(range(seen.current or 0)) - ready
+            if was_restarting and (lagging or away):
                 scaling.message = f"waiting for the last broker restarted to rejoin {lagging} ISRs"
             elif was_restarting:
                 self._info(

@@ -10,21 +10,19 @@ indexed: the operator may read them by name only, never list or watch them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
 from .broker_resources import selector_labels
+from .resource_index import NamespacedName, index_values, namespaced
 
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 REVISION_LABEL = "controller-revision-hash"
 _BROKER_LABELS: dict[str, Any] = {**selector_labels(""), INSTANCE_LABEL: kopf.PRESENT}
 """Every Broker's objects: the selector labels with any instance (Broker) name."""
-
-BrokerKey = tuple[str, str]
-"""A Broker's (namespace, name)."""
 
 ObjectKey = tuple[str, str]
 """An owned object's (kind, name)."""
@@ -66,7 +64,7 @@ POD_INDEX = "broker_pods"
 )
 def owned_object(
     body: kopf.Body, namespace: str | None, labels: kopf.Labels, **_: Any
-) -> dict[BrokerKey, dict[str, Any]]:
+) -> dict[NamespacedName, dict[str, Any]]:
     """The whole object: its fields are compared with the Broker's manifests."""
     return {(namespaced(namespace), labels[INSTANCE_LABEL]): dict(body)}
 
@@ -79,15 +77,8 @@ def broker_pod(
     labels: kopf.Labels,
     status: kopf.Status,
     **_: Any,
-) -> dict[BrokerKey, PodSeen]:
+) -> dict[NamespacedName, PodSeen]:
     return {(namespaced(namespace), labels[INSTANCE_LABEL]): pod_seen(name, meta, labels, status)}
-
-
-def namespaced(namespace: str | None) -> str:
-    """The namespace Kopf passes for a namespaced object, which always has one."""
-    if namespace is None:
-        raise kopf.PermanentError("a namespaced object came without its namespace")
-    return namespace
 
 
 def pod_seen(
@@ -118,14 +109,10 @@ class BrokerObjects:
             objects={
                 (kind, obj["metadata"]["name"]): obj
                 for index, kind in OBJECT_INDEXES.items()
-                for obj in _values(indexes[index], key)
+                for obj in index_values(indexes[index], key)
             },
-            pods=tuple(sorted(_values(indexes[POD_INDEX], key), key=lambda pod: pod.ordinal)),
+            pods=tuple(sorted(index_values(indexes[POD_INDEX], key), key=lambda pod: pod.ordinal)),
         )
 
     def get(self, kind: str, name: str) -> Mapping[str, Any] | None:
         return self.objects.get((kind, name))
-
-
-def _values(index: Mapping[BrokerKey, Iterable[Any]], key: BrokerKey) -> list[Any]:
-    return list(index[key]) if key in index else []

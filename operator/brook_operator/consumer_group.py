@@ -4,7 +4,8 @@ scaled by the group's lag, through the scale subresource of the workload that ru
 A timer ticks every second; a group is read every ``intervalSeconds`` of its spec: the
 partitions of its topics (Metadata), their log start and log end offsets (ListOffsets)
 and the group's committed offsets (OffsetFetch), as any Kafka admin tool reads them, over
-one session with the cluster per read.
+one session with the cluster per read. Whether the group's Broker exists is looked up in
+Kopf's index of Brokers (:mod:`brook_operator.resource_index`).
 :class:`autoscaler.Autoscaler` decides; each scale written and each partition found
 stuck is an Event, and the status tells the numbers behind the last decision.
 """
@@ -28,10 +29,10 @@ from kubernetes.client.exceptions import ApiException
 from . import metrics
 from .autoscaler import Autoscaler, AutoscalerSpec, Decision, conditions
 from .broker_resources import GROUP, VERSION, bootstrap
+from .resource_index import broker_seen, namespaced
 
 PLURAL = "consumergroups"
 KIND = "ConsumerGroup"
-BROKER_PLURAL = "brokers"
 TICK_S = 1.0
 DEFAULT_INTERVAL_S = 10.0
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -88,11 +89,12 @@ async def autoscale(
     status: kopf.Status,
     meta: kopf.Meta,
     name: str,
-    namespace: str,
+    namespace: str | None,
     memo: kopf.Memo,
     patch: kopf.Patch,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
+    namespace = namespaced(namespace)
     state = _state(memo)
     now = time.time()
     if meta.get("deletionTimestamp") or now < state.next_read:
@@ -104,6 +106,10 @@ async def autoscale(
     generation = meta.get("generation")
     patch.status["observedGeneration"] = generation
     try:
+        if broker_seen(kwargs, namespace, spec["cluster"]) is None:
+            raise _Failure(
+                CLUSTER_NOT_FOUND, f"no Broker {spec['cluster']!r} in namespace {namespace!r}"
+            )
         decision = await _tick(body, spec, status, name, namespace, state, now)
     except _Failure as failure:
         patch.status["conditions"] = conditions(
@@ -130,7 +136,8 @@ async def autoscale(
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def forget(name: str, namespace: str, **_: Any) -> None:
+def forget(name: str, namespace: str | None, **_: Any) -> None:
+    namespace = namespaced(namespace)
     metrics.forget_consumer_group(namespace, name)
     metrics.untrack(KIND, namespace, name)
 
@@ -253,23 +260,6 @@ async def _write_scale(patch_scale: Any, name: str, namespace: str, replicas: in
         ) from None
 
 
-async def _broker_exists(namespace: str, name: str) -> bool:
-    try:
-        await asyncio.to_thread(
-            client.CustomObjectsApi().get_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            BROKER_PLURAL,
-            name,
-        )
-    except ApiException as error:
-        if error.status == 404:
-            return False
-        raise _Failure(CLUSTER_UNAVAILABLE, f"reading Broker {name!r}: {error.status}") from None
-    return True
-
-
 # --- Kafka side ------------------------------------------------------------------------------
 
 
@@ -279,8 +269,6 @@ async def _read_offsets(
     """Every partition of the group's topics with the group's committed offset (None where
     it has none) and the log start and log end offsets, over one session."""
     cluster = spec["cluster"]
-    if not await _broker_exists(namespace, cluster):
-        raise _Failure(CLUSTER_NOT_FOUND, f"no Broker {cluster!r} in namespace {namespace!r}")
     address = bootstrap(cluster, namespace)
     try:
         async with KafkaAdmin(address, client_id=CLIENT_ID, connect=connect) as admin:

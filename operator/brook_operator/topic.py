@@ -8,10 +8,13 @@ refreshes the status. What to do is decided by :func:`topic_plan.plan_topic`; ea
 and each refusal is an Event. Deleting the resource deletes the topic unless
 ``deletionPolicy`` is ``Retain`` (Kopf's finalizer holds the resource until then).
 
-With ``partitionAutoscale`` enabled, each reconciliation also reads the ConsumerGroups of
-the namespace and lets :func:`topic_plan.plan_partition_growth` decide whether the topic
-needs more partitions; a growth raises ``status.autoscaledPartitions``, which the
-reconciliation then applies like a larger ``spec.partitions``.
+With ``partitionAutoscale`` enabled, each reconciliation also looks at the ConsumerGroups
+reading the topic's cluster and lets :func:`topic_plan.plan_partition_growth` decide
+whether the topic needs more partitions; a growth raises ``status.autoscaledPartitions``,
+which the reconciliation then applies like a larger ``spec.partitions``.
+
+The Broker the Topic names and those ConsumerGroups come from Kopf's indexes
+(:mod:`brook_operator.resource_index`), not from the API server at every tick.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +31,10 @@ from brook_client.admin import KafkaAdmin
 from brook_client.cluster_admin import TopicDescription
 from brook_client.session import KafkaAdminError, KafkaRequestError
 from kio.schema.errors import ErrorCode
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from . import metrics
 from .broker_resources import GROUP, VERSION, bootstrap
+from .resource_index import broker_seen, consumer_groups, namespaced
 from .topic_plan import (
     PARTITIONS_AUTOSCALED,
     RECONCILING,
@@ -61,8 +63,6 @@ from .topic_plan import (
 
 PLURAL = "topics"
 KIND = "Topic"
-BROKER_PLURAL = "brokers"
-CONSUMER_GROUP_PLURAL = "consumergroups"
 RECONCILE_INTERVAL_S = 10.0
 CLUSTER_NOT_FOUND = "ClusterNotFound"
 CLUSTER_UNAVAILABLE = "ClusterUnavailable"
@@ -103,12 +103,13 @@ async def reconcile(
     status: kopf.Status,
     meta: kopf.Meta,
     name: str,
-    namespace: str,
+    namespace: str | None,
     memo: kopf.Memo,
     patch: kopf.Patch,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
-    await _reconcile(body, spec, status, meta, name, namespace, _state(memo), patch)
+    where = namespaced(namespace)
+    await _reconcile(body, spec, status, meta, name, where, _state(memo), patch, kwargs)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL_S, initial_delay=1.0)
@@ -118,25 +119,32 @@ async def reconcile_again(
     status: kopf.Status,
     meta: kopf.Meta,
     name: str,
-    namespace: str,
+    namespace: str | None,
     memo: kopf.Memo,
     patch: kopf.Patch,
-    **_: Any,
+    **kwargs: Any,
 ) -> None:
     if meta.get("deletionTimestamp"):
         return
-    await _reconcile(body, spec, status, meta, name, namespace, _state(memo), patch)
+    where = namespaced(namespace)
+    await _reconcile(body, spec, status, meta, name, where, _state(memo), patch, kwargs)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def delete_topic(
-    body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, memo: kopf.Memo, **_: Any
+    body: kopf.Body,
+    spec: kopf.Spec,
+    name: str,
+    namespace: str | None,
+    memo: kopf.Memo,
+    **kwargs: Any,
 ) -> None:
+    namespace = namespaced(namespace)
     topic = TopicSpec.from_resource(name, spec)
     if topic.deletion_policy == RETAIN:
         kopf.info(body, reason="TopicRetained", message=f"topic {topic.topic_name!r} is kept")
         return
-    if await _read_broker(namespace, topic.cluster) is None:
+    if broker_seen(kwargs, namespace, topic.cluster) is None:
         # No cluster, no topic: nothing holds the resource back.
         return
     async with _state(memo).lock, KafkaAdmin(bootstrap(topic.cluster, namespace)) as admin:
@@ -163,13 +171,15 @@ async def _reconcile(
     namespace: str,
     state: _State,
     patch: kopf.Patch,
+    indexes: Mapping[str, Any],
 ) -> None:
+    """``indexes``: the handler's keyword arguments, where Kopf passes each index."""
     topic = TopicSpec.from_resource(name, spec)
     previous = list(status.get("conditions") or [])
     patch.status["topicName"] = topic.topic_name
     patch.status["observedGeneration"] = meta.get("generation")
     async with state.lock:
-        broker = await _read_broker(namespace, topic.cluster)
+        broker = broker_seen(indexes, namespace, topic.cluster)
         if broker is None:
             finding = Finding(
                 CLUSTER_NOT_FOUND,
@@ -177,11 +187,11 @@ async def _reconcile(
             )
             _conclude(body, state, patch, previous, False, finding, (), "failed")
             return
-        cluster_size = int((broker.get("spec") or {}).get("replicas", 3))
-        topic = await _autoscale_partitions(body, topic, status, meta, namespace, patch)
+        groups = consumer_groups(indexes, namespace, topic.cluster)
+        topic = _autoscale_partitions(body, topic, status, meta, namespace, groups, patch)
         try:
             async with KafkaAdmin(bootstrap(topic.cluster, namespace)) as admin:
-                plan, observed, applied = await _apply(body, state, admin, topic, cluster_size)
+                plan, observed, applied = await _apply(body, state, admin, topic, broker.replicas)
         except KafkaAdminError as error:
             finding = Finding(ADMIN_REQUEST_FAILED, str(error))
             _conclude(body, state, patch, previous, False, finding, (), "failed")
@@ -258,17 +268,18 @@ async def run_action(admin: KafkaAdmin, name: str, action: Action) -> None:
         await admin.alter_partition_reassignments(name, action.targets)
 
 
-async def _autoscale_partitions(
+def _autoscale_partitions(
     body: kopf.Body,
     topic: TopicSpec,
     status: Mapping[str, Any],
     meta: Mapping[str, Any],
     namespace: str,
+    groups: Iterable[Mapping[str, Any]],
     patch: kopf.Patch,
 ) -> TopicSpec:
     """The spec to reconcile to: ``spec.partitions`` raised to the count the
     partitionAutoscale policy grew the topic to, after this round's decision (status,
-    Event and metric when it grows)."""
+    Event and metric when it grows); ``groups`` are the ConsumerGroups of the cluster."""
     autoscaled = int(status.get("autoscaledPartitions") or 0)
     policy = topic.partition_autoscale
     previous = status.get("partitionAutoscale") or {}
@@ -277,12 +288,13 @@ async def _autoscale_partitions(
             patch.status["partitionAutoscale"] = None
     else:
         now = datetime.datetime.now(datetime.UTC)
-        groups = groups_reading(
-            await _list_consumer_groups(namespace), topic.cluster, topic.topic_name
-        )
         current = ready_partition_count(status, meta.get("generation"))
         growth = plan_partition_growth(
-            policy, current, parse_timestamp(previous.get("cappedSince")), groups, now
+            policy,
+            current,
+            parse_timestamp(previous.get("cappedSince")),
+            groups_reading(groups, topic.cluster, topic.topic_name),
+            now,
         )
         patch.status["partitionAutoscale"] = autoscale_status(growth, previous, now)
         if growth.count is not None and current is not None:
@@ -293,22 +305,6 @@ async def _autoscale_partitions(
             )
             kopf.info(body, reason=PARTITIONS_AUTOSCALED, message=growth.message)
     return dataclasses.replace(topic, partitions=max(topic.partitions, autoscaled))
-
-
-async def _list_consumer_groups(namespace: str) -> list[dict[str, Any]]:
-    try:
-        listed: dict[str, Any] = await asyncio.to_thread(
-            client.CustomObjectsApi().list_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            CONSUMER_GROUP_PLURAL,
-        )
-    except ApiException as error:
-        raise kopf.TemporaryError(
-            f"listing ConsumerGroups: {error.status} {error.reason}", delay=5
-        ) from None
-    return list(listed.get("items") or ())
 
 
 def _conclude(
@@ -339,23 +335,3 @@ def _conclude(
         )
         state.warned = None
     state.last_event = None if ready else event
-
-
-async def _read_broker(namespace: str, name: str) -> dict[str, Any] | None:
-    """The Broker resource, or None if there is none of that name."""
-    try:
-        broker: dict[str, Any] = await asyncio.to_thread(
-            client.CustomObjectsApi().get_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            BROKER_PLURAL,
-            name,
-        )
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise kopf.TemporaryError(
-            f"reading Broker {name!r}: {error.status} {error.reason}", delay=5
-        ) from None
-    return broker

@@ -16,12 +16,7 @@ from .test_groups_cli import COMMITTED, LOG_ENDS, LOG_STARTS, NEW_VERSIONS, heal
 
 @pytest.fixture
 def cluster_named_main(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A Broker "main" exists, and its client Service is the scripted broker b0."""
-
-    async def exists(namespace: str, name: str) -> bool:
-        return name == "main"
-
-    monkeypatch.setattr(consumer_group, "_broker_exists", exists)
+    """The client Service of Broker "main" is the scripted broker b0."""
     monkeypatch.setattr(consumer_group, "bootstrap", lambda name, namespace: "b0:9092")
 
 

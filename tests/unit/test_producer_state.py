@@ -193,7 +193,7 @@ def replica(
         topic_id=uuid.UUID(int=1),
         config=BrokerConfig(),
         submit=_no_submit,
-        notify=lambda topic, index: None,
+        notify=lambda topic, index, appended: None,
     )
     partition.update(
         PartitionState(

@@ -59,7 +59,7 @@ def follower(
         topic_id=uuid.uuid4(),
         config=BrokerConfig(),
         submit=_no_submit,
-        notify=lambda topic, index: None,
+        notify=lambda topic, index, appended: None,
         clock=Clock(),
     )
     partition.update(

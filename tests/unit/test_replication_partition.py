@@ -71,7 +71,7 @@ class Harness:
             topic_id=TOPIC_ID,
             config=BrokerConfig(replica_lag_time_max_ms=LAG_MS),
             submit=self.quorum.submit,
-            notify=lambda topic, index: self.notified.append((topic, index)),
+            notify=lambda topic, index, appended: self.notified.append((topic, index)),
             clock=self.clock,
         )
         self.quorum.partition = self.partition
@@ -295,7 +295,7 @@ def test_the_saved_high_watermark_is_where_a_restarted_replica_starts(tmp_path: 
             high_watermark=high_watermark,
             config=BrokerConfig(),
             submit=FakeQuorum().submit,
-            notify=lambda topic, index: None,
+            notify=lambda topic, index, appended: None,
         )
         return log.high_watermark
 

@@ -70,6 +70,7 @@ async def create_topics(context: ApiContext, request: Request) -> Mapping[str, A
 
 async def delete_topics(context: ApiContext, request: Request) -> Mapping[str, Any]:
     body = request.body
+    requested: list[tuple[str | None, uuid.UUID | None]]
     if request.api_version < 6:
         requested = [(name, None) for name in body.topic_names]
     else:
@@ -136,13 +137,13 @@ def _new_count(context: ApiContext, creatable: Any) -> int:
         return len(creatable.assignments)
     if creatable.num_partitions == -1:
         return context.config.num_partitions
-    return max(0, creatable.num_partitions)
+    return max(0, int(creatable.num_partitions))
 
 
 def _added_count(context: ApiContext, requested: Any) -> int:
     """Partitions a CreatePartitions entry adds to its topic (0 if it adds none)."""
     topic = context.topics.get(requested.name)
-    return max(0, requested.count - (len(topic.partitions) if topic is not None else 0))
+    return max(0, int(requested.count) - (len(topic.partitions) if topic is not None else 0))
 
 
 def _layout(context: ApiContext, creatable: Any) -> tuple[int, int, list[tuple[int, ...]] | None]:

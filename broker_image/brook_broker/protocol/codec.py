@@ -100,7 +100,7 @@ def encode_response(request: Request, body: Mapping[str, Any]) -> bytes:
     """The response frame for ``request``, size prefix included."""
     if _is_legacy_produce(request.api_key, request.api_version):
         return legacy_produce.encode(request.api_version, request.correlation_id, body)
-    response_type = load_response_schema(request.api_key, request.api_version)
+    response_type = _response_type(request.api_key, request.api_version)
     return encode_frame(response_type, request.correlation_id, build(response_type, body))
 
 
@@ -165,6 +165,14 @@ def _request_codec(
         raise UnsupportedRequest(api_key, api_version, _NO_CORRELATION_ID)
     read_body = _reader(request_type)
     return request_type.__name__, _reader(header_type), lambda frame, at: read_body(frame, at)[0]
+
+
+@cache
+def _response_type(api_key: int, api_version: int) -> type[ResponsePayload]:
+    """kio resolves a schema by importing its module path, which costs more than encoding
+    a small response: every response looks it up once per version here."""
+    response_type: type[ResponsePayload] = load_response_schema(api_key, api_version)
+    return response_type
 
 
 def _is_legacy_produce(api_key: int, api_version: int) -> bool:

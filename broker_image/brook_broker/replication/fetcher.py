@@ -149,7 +149,7 @@ class ReplicaFetcher:
                         "fetching from broker %d at %s:%d failed: %s",
                         self.leader_id,
                         *self.address,
-                        error or "timed out",
+                        str(error) or "timed out",
                     )
                 failing = True
                 await asyncio.sleep(backoff)
@@ -234,13 +234,13 @@ class ReplicaFetcher:
         )
         for topic in response.topics:
             for answer in topic.partitions:
-                partition = self._current(topic.topic, answer.partition, generations)
-                if partition is None:
+                answered = self._current(topic.topic, answer.partition, generations)
+                if answered is None:
                     continue
                 if answer.error_code != ErrorCode.none:
-                    self._pause(partition, answer.error_code, "OffsetForLeaderEpoch")
+                    self._pause(answered, answer.error_code, "OffsetForLeaderEpoch")
                     continue
-                truncate_to_leader(partition, answer.leader_epoch, answer.end_offset)
+                truncate_to_leader(answered, answer.leader_epoch, answer.end_offset)
 
     # --- fetching ------------------------------------------------------------------------
 
@@ -257,9 +257,9 @@ class ReplicaFetcher:
             return
         for topic in response.responses:
             for answer in topic.partitions:
-                partition = self._current(topic.topic, answer.partition_index, generations)
-                if partition is not None:
-                    self._fetched(partition, answer)
+                answered = self._current(topic.topic, answer.partition_index, generations)
+                if answered is not None:
+                    self._fetched(answered, answer)
 
     async def _fetch_request(self, partitions: list[Partition]) -> Any:
         return await self._client.request(

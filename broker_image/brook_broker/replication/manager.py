@@ -260,7 +260,11 @@ class ReplicaManager:
             remaining = deadline - loop.time()
             if total_bytes >= params.min_bytes or failed or remaining <= 0:
                 return results
-            await self.appends.wait(((r.topic, r.partition) for r in results), remaining)
+            await self.appends.wait(
+                ((r.topic, r.partition) for r in results),
+                remaining,
+                follower=params.from_follower,
+            )
 
     def _record_follower_positions(self, replica_id: int, asked: Sequence[PartitionFetch]) -> None:
         for fetch in asked:

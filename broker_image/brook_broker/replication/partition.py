@@ -29,6 +29,7 @@ Everything runs on the event loop; the clock is monotonic seconds.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import enum
 import logging
 import time
@@ -36,6 +37,8 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
+from typing import Protocol
 
 from kio.schema.errors import ErrorCode
 
@@ -53,8 +56,11 @@ log = logging.getLogger(__name__)
 
 Submit = Callable[[AlterPartition], Awaitable[PartitionState]]
 """``MetadataQuorum.submit``: applies an ISR change through Raft."""
-Notify = Callable[[str, int], None]
-"""Wakes the fetches waiting on a partition (``AppendNotifier.notify``)."""
+class Notify(Protocol):
+    """Wakes the fetches waiting on a partition (``AppendNotifier.notify``)."""
+
+    def __call__(self, topic: str, partition: int, *, appended: bool) -> None: ...
+
 
 ISR_RETRY_SECONDS = 1.0
 """After a refused or failed ISR proposal, propose again only after this long or after
@@ -308,7 +314,7 @@ class Partition:
             self.producers.record(header, offset, timestamp)
             offset += header.last_offset_delta + 1
         self._expire_producers(now_ms)
-        self._notify(self.topic, self.index)
+        self._notify(self.topic, self.index, appended=True)
         self._advance_high_watermark()
         return info
 
@@ -328,7 +334,9 @@ class Partition:
         elif self.log.high_watermark >= offset:
             future.set_result(self._commit_outcome())
         else:
-            self._waiters.append((offset, future))
+            # In offset order, which a retried batch (waiting for its original's offset,
+            # below later batches') would break: each wait ends once the mark passes it.
+            bisect.insort(self._waiters, (offset, future), key=itemgetter(0))
         return future
 
     def _commit_outcome(self) -> ErrorCode:
@@ -461,7 +469,7 @@ class Partition:
         if high_watermark <= self.log.high_watermark:
             return
         self.log.high_watermark = high_watermark
-        self._notify(self.topic, self.index)
+        self._notify(self.topic, self.index, appended=False)
         if self._waiters:
             outcome = self._commit_outcome()
             while self._waiters and self._waiters[0][0] <= high_watermark:
