@@ -22,13 +22,15 @@ from ..storage.batch import iter_headers
 from .context import ApiContext
 from .errors import count_error
 
-_FINAL_EPOCH = -1
-"""A session epoch that closes a session; with session id 0 it asks for a full fetch."""
+_FULL_FETCH_EPOCHS = (0, -1)
+"""Session epochs of a full fetch: 0 asks for a new session, -1 for none (closing any
+named). Any other epoch is an incremental fetch in a session, and no session exists
+here: FETCH_SESSION_ID_NOT_FOUND, whatever the session id (as Kafka's FetchManager)."""
 
 
 async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
     body = request.body
-    if getattr(body, "session_id", 0) != 0 and getattr(body, "session_epoch", -1) != _FINAL_EPOCH:
+    if getattr(body, "session_epoch", -1) not in _FULL_FETCH_EPOCHS:
         count_error(request, ErrorCode.fetch_session_id_not_found)
         return {
             "error_code": ErrorCode.fetch_session_id_not_found,

@@ -3,7 +3,8 @@
 The replica manager appends every partition at once, in request order. With ``acks=all``
 the answer then waits for the in-sync replicas, and while it waits the connection goes on
 to its next request (answers still leave in order): a producer with several requests in
-flight has them all replicating together instead of one after another.
+flight has them all replicating together instead of one after another. With ``acks=0``
+there is no answer; a partition's error closes the connection instead, as in Kafka.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from kio.schema.errors import ErrorCode
 
 from ..protocol.codec import Request
-from ..protocol.server import Deferred
+from ..protocol.server import CloseConnection, Deferred
 from ..replication.appends import AppendResult, PartitionAppend, TopicPartition
 from .context import ApiContext
 from .errors import count_error
@@ -37,12 +38,31 @@ async def handle(context: ApiContext, request: Request) -> Mapping[str, Any] | D
         transactional_id=body.transactional_id,
     )
     if body.acks == 0:
+        _close_on_error(request, appended.partitions)
         return None  # the producer reads no response at all
     if appended.waiting:
         # The answer waits without the records: their frame is free for reuse.
         header = dataclasses.replace(request, body=dataclasses.replace(body, topic_data=()))
         return Deferred(_when_committed(header, appended))
     return _response(request, appended.partitions)
+
+
+def _close_on_error(
+    request: Request, partitions: list[tuple[TopicPartition, PartitionAppend]]
+) -> None:
+    """acks=0: a producer that reads no answers learns of an error (a moved leader) only
+    by its connection closing, and then refreshes its metadata; Kafka closes it so.
+    Otherwise it would go on sending to a broker that drops every batch."""
+    failed = [
+        (key, answer.error_code)
+        for key, answer in partitions
+        if answer.error_code != ErrorCode.none
+    ]
+    if failed:
+        for _, code in failed:
+            count_error(request, code)
+        named = ", ".join(f"{topic}-{index}: {code.name}" for (topic, index), code in failed)
+        raise CloseConnection(f"produce with acks=0 failed ({named})")
 
 
 async def _when_committed(request: Request, appended: AppendResult) -> Mapping[str, Any]:

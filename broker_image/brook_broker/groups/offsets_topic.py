@@ -16,7 +16,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-OFFSETS_TOPIC = "__consumer_offsets"
+from ..metadata.topics import OFFSETS_TOPIC as OFFSETS_TOPIC
+
 OFFSETS_TOPIC_CONFIGS = {"retention.ms": "-1", "segment.bytes": str(100 * 1024 * 1024)}
 """Segments of 100 MiB kept forever: expired offsets are removed by tombstones, not by age."""
 
@@ -191,7 +192,12 @@ class _Reader:
 
     def string(self) -> str | None:
         length = self.i16()
-        return None if length < 0 else self._take(length).decode()
+        if length < 0:
+            return None
+        try:
+            return self._take(length).decode()
+        except UnicodeDecodeError:
+            raise UnknownRecord("a string is not UTF-8") from None
 
     def required_string(self) -> str:
         value = self.string()

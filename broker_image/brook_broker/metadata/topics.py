@@ -1,5 +1,6 @@
-"""Kafka's rules for topics: names, which become directory and metric names, and limits on
-partitions, which keep one request from holding up or exhausting the brokers."""
+"""Kafka's rules for topics: names, which become directory and metric names, the internal
+topics only the broker writes, and limits on partitions, which keep one request from
+holding up or exhausting the brokers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from kio.schema.errors import ErrorCode
 from .errors import ApiError
 
 MAX_TOPIC_NAME_LENGTH = 249
+
+OFFSETS_TOPIC = "__consumer_offsets"
+INTERNAL_TOPICS = frozenset({OFFSETS_TOPIC})
+"""Topics only the broker writes (Kafka's ``Topic.isInternal``): clients read them, but a
+produce to them is refused, or any client could forge or corrupt the groups' state."""
 
 _LEGAL_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]+")
 

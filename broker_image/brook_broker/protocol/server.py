@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
 from contextvars import ContextVar
 from logging import INFO, WARNING
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .codec import (
     API_VERSIONS_KEY,
@@ -267,15 +267,15 @@ class _Connection(asyncio.BufferedProtocol):
     # --- asyncio callbacks -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (asyncio's or uvloop's, which does not subclass asyncio's).
+        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._peer = str(peer)
         self.peer_host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         if self.authenticating is not None:
             self._make_room_to_authenticate(self.authenticating)
         if not self._quotas.admit(self.peer_host):
-            transport.abort()
+            self._transport.abort()
             return
         self._admitted = True
         if self.authenticating is not None:
@@ -497,14 +497,12 @@ class _Connection(asyncio.BufferedProtocol):
                     return
         except asyncio.CancelledError:
             pass
-        except _CloseConnection as reason:
+        except CloseConnection as reason:
             log.info("closing connection from %s: %s", self._peer, reason)
-            self.close()
+            await self._close_after_answers()
         except AuthenticationFailed as failed:
             log.info("closing connection from %s: %s", self._peer, failed)
-            if failed.response is not None and self._transport is not None:
-                self._transport.write(failed.response)
-            self.close()
+            await self._close_after_answers(failed.response)
         except Exception:
             log.exception("closing connection from %s after an internal error", self._peer)
             self.close()
@@ -548,6 +546,19 @@ class _Connection(asyncio.BufferedProtocol):
             self._writer = None
             self._drop_queued()
 
+    async def _close_after_answers(self, last: bytes | None = None) -> None:
+        """Close once the answers due to the requests before this one are written, then
+        ``last``: as in Kafka, which reads a connection's next request only after answering
+        the one before, refusing a request by closing does not take their answers with it."""
+        if self._writer is not None:
+            try:
+                await asyncio.wait([self._writer])
+            except asyncio.CancelledError:
+                return  # the connection was lost meanwhile
+        if last is not None and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(last)
+        self.close()
+
     def _drop_queued(self) -> None:
         """Answers that will never be sent: their waits end unawaited."""
         queued, self._queued = self._queued, deque()
@@ -576,11 +587,11 @@ class _Connection(asyncio.BufferedProtocol):
             if unsupported.api_key == API_VERSIONS_KEY:
                 return _unsupported_api_versions(unsupported, self._dispatcher.api_versions_body())
             self._dispatcher.malformed_request(unsupported.api_key)
-            raise _CloseConnection(str(unsupported)) from None
+            raise CloseConnection(str(unsupported)) from None
         except MalformedRequest as malformed:
             # Kafka closes a connection whose request it cannot parse; so do we.
             self._dispatcher.malformed_request(malformed.api_key)
-            raise _CloseConnection(str(malformed)) from None
+            raise CloseConnection(str(malformed)) from None
         if session is not None:
             answer = session.answer(request)
             if session.principal is not None:
@@ -692,8 +703,10 @@ async def _encoded_when_ready(
     return encode_response(request, await body)
 
 
-class _CloseConnection(Exception):
-    pass
+class CloseConnection(Exception):
+    """Raised while answering a request to close its connection instead (after the
+    answers due before it): a request that cannot be read, or one whose sender learns of
+    an error only so (produce with acks=0, as in Kafka)."""
 
 
 def _unsupported_api_versions(unsupported: UnsupportedRequest, body: Mapping[str, Any]) -> bytes:

@@ -33,6 +33,7 @@ from ..metadata.errors import ApiError
 from ..metadata.model import TopicState
 from ..metadata.quorum import MetadataQuorum
 from ..metadata.topic_config import resolve
+from ..metadata.topics import INTERNAL_TOPICS
 from ..protocol.client import KafkaClient
 from ..storage.batch import InvalidBatch, validate_batches
 from ..storage.checkpoint import read_high_watermarks, write_high_watermarks
@@ -182,7 +183,8 @@ class ReplicaManager:
         time (its original base offset), and with ``acks=all`` only once that original is
         committed; a sequence gap is refused with OUT_OF_ORDER_SEQUENCE_NUMBER and a
         fenced producer epoch with INVALID_PRODUCER_EPOCH, nothing appended.
-        ``from_client``: counted in the bytes-in and records-in metrics."""
+        ``from_client``: counted in the bytes-in and records-in metrics, and refused on
+        internal topics with INVALID_TOPIC_EXCEPTION (Kafka's ``internalTopicsAllowed``)."""
         now_ms = wall_clock_ms()
         result = AppendResult([])
         for key, records in entries:
@@ -206,6 +208,10 @@ class ReplicaManager:
         result: AppendResult,
     ) -> PartitionAppend:
         topic, index = key
+        if from_client and topic in INTERNAL_TOPICS:
+            raise ApiError(
+                ErrorCode.invalid_topic_exception, f"Cannot append to internal topic {topic}"
+            )
         partition = self.leader_partition(topic, index)
         settings = partition.settings
         data = records if records is not None else b""

@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 Submit = Callable[[AlterPartition], Awaitable[PartitionState]]
 """``MetadataQuorum.submit``: applies an ISR change through Raft."""
+
+
 class Notify(Protocol):
     """Wakes the fetches waiting on a partition (``AppendNotifier.notify``)."""
 
