@@ -41,6 +41,7 @@ from kio.serial import entity_reader
 
 from tests.support.batches import BASE_TIME_MS, encode_batch, payload, timed_records
 from tests.support.dispatch import answer_of
+from tests.support.entities import build
 from tests.support.quorum import LocalQuorum
 
 PRODUCE, FETCH, LIST_OFFSETS, METADATA, API_VERSIONS = 0, 1, 2, 3, 18
@@ -87,7 +88,7 @@ class Broker:
     ) -> Any:
         """Through the client listener's dispatcher, or the internal listener's."""
         request_type = load_request_schema(api_key, version)
-        request = codec.Request(api_key, version, 7, "test", codec.build(request_type, body))
+        request = codec.Request(api_key, version, 7, "test", build(request_type, body))
         dispatcher = self.internal_dispatcher if internal else self.dispatcher
         answer = await answer_of(dispatcher, request)
         if answer is None:

@@ -1,4 +1,4 @@
-"""codec.build and encode_response: one plain mapping serves every version of a message."""
+"""build and encode_response: one plain mapping serves every version of a message."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from kio.schema.errors import ErrorCode
 from kio.schema.response_header.v0.header import ResponseHeader as ResponseHeaderV0
 from kio.schema.response_header.v1.header import ResponseHeader as ResponseHeaderV1
 from kio.serial import entity_reader, entity_writer
+
+from tests.support.entities import build
 
 METADATA, PRODUCE, FETCH, CREATE_TOPICS, DESCRIBE_CONFIGS = 3, 0, 1, 19, 32
 
@@ -178,7 +180,7 @@ def test_missing_fields_get_kafka_zero_values() -> None:
 def test_build_accepts_kio_request_entities_for_handlers() -> None:
     """Tests build requests the same way: a dict in, the version's dataclass out."""
     request_type = load_request_schema(METADATA, 4)
-    request = codec.build(request_type, {"topics": [{"name": "a"}]})
+    request = build(request_type, {"topics": [{"name": "a"}]})
     written: list[bytes] = []
 
     class Sink:

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from brook_broker.protocol import codec
 from brook_broker.protocol.client import KafkaConnectionError
 from brook_cli.main import format_group_lag, format_group_list, parse_arguments
 from brook_client.admin import KafkaAdmin
@@ -41,6 +40,8 @@ from kio.schema.consumer_protocol_assignment.v3.data import TopicPartition as To
 from kio.schema.errors import ErrorCode
 from kio.serial import entity_writer
 from kio.static.primitive import i32
+
+from tests.support.entities import build
 
 # --- pure parts --------------------------------------------------------------------------
 
@@ -265,7 +266,7 @@ class FakeClient:
         answer = self.cluster.handlers[api_key](self.node, api_version, body)
         if isinstance(answer, Exception):
             raise answer
-        return codec.build(load_response_schema(api_key, api_version), answer)
+        return build(load_response_schema(api_key, api_version), answer)
 
     async def close(self) -> None:
         pass

@@ -18,6 +18,8 @@ from kio.schema.request_header.v2.header import RequestHeader
 from kio.serial import entity_writer
 from kio.static.primitive import i16, i32
 
+from tests.support.entities import build
+
 
 class RecordingDispatcher:
     supported_versions: Mapping[int, tuple[int, int]] = {0: (3, 9), 18: (0, 3)}
@@ -110,7 +112,7 @@ def produce_frame(correlation_id: int, payload_size: int, acks: int = 1) -> byte
             {"name": "t", "partition_data": [{"index": 0, "records": b"r" * payload_size}]}
         ],
     }
-    entity_writer(ProduceRequest)(buffer, codec.build(ProduceRequest, body))
+    entity_writer(ProduceRequest)(buffer, build(ProduceRequest, body))
     data = buffer.getvalue()
     return struct.pack(">i", len(data)) + data
 

@@ -44,6 +44,7 @@ from kio.schema.errors import ErrorCode
 
 from tests.support.batches import make_batch
 from tests.support.dispatch import answer_of
+from tests.support.entities import build
 
 PORT_BASE = 9000
 LAG_MS = 400
@@ -194,7 +195,7 @@ class Cluster:
 
     async def call(self, node: int, api_key: int, version: int, body: dict[str, Any]) -> Any:
         request_type = load_request_schema(api_key, version)
-        request = codec.Request(api_key, version, 1, "test", codec.build(request_type, body))
+        request = codec.Request(api_key, version, 1, "test", build(request_type, body))
         answer = await answer_of(self.dispatchers[node], request)
         frame = codec.encode_response(request, answer)
         return decode_response(api_key, version, frame[4:])

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from brook_broker.config import BrokerConfig
 from brook_broker.metadata.model import PartitionState
-from brook_broker.protocol import codec
 from brook_broker.protocol.client import KafkaConnectionError
 from brook_broker.replication.fetcher import (
     FETCH,
@@ -30,6 +29,7 @@ from kio.index import load_response_schema
 from kio.schema.errors import ErrorCode
 
 from tests.support.batches import BASE_TIME_MS, make_batch
+from tests.support.entities import build
 
 LEADER = 1
 
@@ -134,7 +134,7 @@ class ScriptedLeader:
         await asyncio.sleep(0)
         if isinstance(answer, Exception):
             raise answer
-        return codec.build(load_response_schema(api_key, api_version), answer)
+        return build(load_response_schema(api_key, api_version), answer)
 
     def disconnect(self, reason: str) -> None:
         self.disconnects += 1

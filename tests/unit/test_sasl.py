@@ -16,13 +16,15 @@ from brook_broker.protocol.sasl import (
 from kio.index import load_request_schema
 from kio.schema.errors import ErrorCode
 
+from tests.support.entities import build
+
 HANDSHAKE, AUTHENTICATE, METADATA, API_VERSIONS = 17, 36, 3, 18
 BROKER = PlainCredentials("broker", "s3cret")
 
 
 def request(api_key: int, version: int, body: dict[str, Any]) -> codec.Request:
     body_type = load_request_schema(api_key, version)
-    return codec.Request(api_key, version, 7, "test", codec.build(body_type, body))
+    return codec.Request(api_key, version, 7, "test", build(body_type, body))
 
 
 def session() -> SaslSession:

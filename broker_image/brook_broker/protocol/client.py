@@ -2,7 +2,7 @@
 other brokers (follower fetches, OffsetForLeaderEpoch, heartbeats to the controller).
 
 It speaks the same kio codec as the listener, the other way round: requests are built
-from plain mappings (:func:`codec.build`) and written with the request header the
+from plain mappings (:mod:`.encoder`, as responses are) with the request header the
 request's version declares; responses are read with the v0 or v1 response header
 (ApiVersions always v0). Requests are pipelined: each waits for the response carrying
 its correlation id. The connection is opened by the first request and again by the
@@ -30,9 +30,10 @@ from kio.schema.request_header.v1.header import RequestHeader as RequestHeaderV1
 from kio.schema.request_header.v2.header import RequestHeader as RequestHeaderV2
 from kio.schema.response_header.v0.header import ResponseHeader as ResponseHeaderV0
 from kio.schema.response_header.v1.header import ResponseHeader as ResponseHeaderV1
-from kio.serial import entity_reader, entity_writer
+from kio.serial import entity_reader
 
-from .codec import API_VERSIONS_KEY, build
+from . import encoder
+from .codec import API_VERSIONS_KEY
 from .sasl import PLAIN, SASL_AUTHENTICATE, SASL_HANDSHAKE, PlainCredentials
 
 log = logging.getLogger(__name__)
@@ -62,19 +63,13 @@ def encode_request(
 ) -> bytes:
     """The frame of one request, size prefix included."""
     request_type = _request_type(api_key, api_version)
-    header_type = request_type.__header_schema__
-    parts: list[bytes] = []
-    write = _Sink(parts)
-    header = header_type(
-        request_api_key=api_key,
-        request_api_version=api_version,
-        correlation_id=correlation_id,
-        client_id=client_id,
+    parts: encoder.Parts = []
+    flexible_header = request_type.__header_schema__ is RequestHeaderV2
+    encoder.write_request_header(
+        parts, api_key, api_version, correlation_id, client_id, flexible_header
     )
-    _writer(header_type)(write, header)
-    _writer(request_type)(write, build(request_type, body))
-    payload = b"".join(parts)
-    return _SIZE.pack(len(payload)) + payload
+    encoder.write_entity(parts, request_type, body)
+    return encoder.frame(parts)
 
 
 def response_correlation_id(frame: bytes | bytearray | memoryview) -> int:
@@ -114,20 +109,8 @@ def _response_type(api_key: int, api_version: int) -> Any:
 
 
 @cache
-def _writer(entity_type: type) -> Callable[..., Any]:
-    return entity_writer(entity_type)
-
-
-@cache
 def _reader(entity_type: type) -> Callable[..., Any]:
     return entity_reader(entity_type)
-
-
-class _Sink:
-    __slots__ = ("write",)
-
-    def __init__(self, parts: list[bytes]) -> None:
-        self.write = parts.append
 
 
 # --- the connection --------------------------------------------------------------------
