@@ -187,8 +187,8 @@ def lag_rows(
     return tuple(rows)
 
 
-def _described_group(answer: Any, coordinator: int) -> GroupDescription:
-    decode = answer.protocol_type == CONSUMER_PROTOCOL
+def _described_group(answer: Any, coordinator: int, assignments: bool) -> GroupDescription:
+    decode = assignments and answer.protocol_type == CONSUMER_PROTOCOL
     members = []
     for member in answer.members:
         try:
@@ -229,15 +229,18 @@ class GroupAdmin(ClusterSession):
 
     async def list_groups(self) -> list[GroupDescription]:
         """Every group any broker coordinates (ListGroups to each broker), each described
-        by its coordinator; sorted by group id."""
+        by its coordinator without its members' assignments (a listing must not fail on
+        one group whose member sent bytes no consumer protocol reads); sorted by group id."""
         brokers = metadata_brokers(await self._cluster.metadata([]))
         listed = await asyncio.gather(*(self._listed_on(broker) for broker in brokers))
         group_ids = sorted({group_id for groups in listed for group_id in groups})
-        return list(await asyncio.gather(*(self.describe_group(g) for g in group_ids)))
+        described = (self.describe_group(g, assignments=False) for g in group_ids)
+        return list(await asyncio.gather(*described))
 
-    async def describe_group(self, group_id: str) -> GroupDescription:
+    async def describe_group(self, group_id: str, *, assignments: bool = True) -> GroupDescription:
         """The group's state and members as its coordinator sees them (state Dead if the
-        coordinator does not know the group)."""
+        coordinator does not know the group); each member's assignment decoded unless
+        ``assignments`` is false (then empty)."""
         node, _, response = await self._ask_coordinator(
             group_id,
             _DESCRIBE_GROUPS,
@@ -250,7 +253,7 @@ class GroupAdmin(ClusterSession):
             return GroupDescription(group_id, DEAD, "", "", node, ())
         if code != ErrorCode.none:
             raise GroupsError(f"DescribeGroups of group {group_id!r}: {error_name(code)}")
-        return _described_group(answer, node)
+        return _described_group(answer, node, assignments)
 
     async def committed_offsets(self, group_id: str) -> dict[TopicPartition, int]:
         """Every committed offset of the group (OffsetFetch of all its partitions)."""
