@@ -185,11 +185,16 @@ class ReplicaManager:
         fenced producer epoch with INVALID_PRODUCER_EPOCH, nothing appended.
         ``from_client``: counted in the bytes-in and records-in metrics, and refused on
         internal topics with INVALID_TOPIC_EXCEPTION (Kafka's ``internalTopicsAllowed``)."""
+        try:
+            check_request(acks, transactional_id)
+        except ApiError as refused:
+            return AppendResult(
+                [(key, PartitionAppend(refused.code, refused.message)) for key, _ in entries]
+            )
         now_ms = wall_clock_ms()
         result = AppendResult([])
         for key, records in entries:
             try:
-                check_request(acks, transactional_id)
                 answer = self._append(key, records, acks, now_ms, from_client, result)
             except ApiError as error:
                 answer = PartitionAppend(error.code, error.message)
