@@ -33,6 +33,14 @@ if ! "$python" -m pip --version >/dev/null 2>&1; then
     apt_install python3-pip
 fi
 
+# podman, runc and debootstrap: scripts/build-images.sh builds the images with them
+# (making the base image from Debian's packages when no registry answers) where no
+# Docker engine runs, as in CI.
+if ! { command -v docker >/dev/null && timeout 30 docker info >/dev/null 2>&1; } \
+    && ! command -v podman >/dev/null && command -v apt-get >/dev/null; then
+    apt_install podman runc debootstrap
+fi
+
 # Debian's own Python refuses pip installs outside a virtual environment (PEP 668);
 # this machine is set up for Brook, so install next to it as the README expects.
 pip_flags=(--quiet --disable-pip-version-check)

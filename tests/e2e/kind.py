@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -16,8 +17,9 @@ from typing import Any, TypeVar
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from tests.support import images
+
 REPOSITORY = Path(__file__).resolve().parents[2]
-E2E_DIRECTORY = Path(__file__).parent
 CLUSTER_NAME = os.environ.get("BROOK_E2E_CLUSTER", "brook-e2e")
 KEEP_CLUSTER = os.environ.get("BROOK_E2E_KEEP_CLUSTER") == "1"
 TAG = "e2e"
@@ -44,18 +46,38 @@ def run(command: Sequence[str], timeout: float = 900, env: Mapping[str, str] | N
     return result.stdout
 
 
+def image_engine() -> images.Engine:
+    """The engine the images are built with and loaded into kind from."""
+    engine = images.find_engine()
+    if engine is None:
+        raise RuntimeError("no container engine: neither a Docker engine nor podman")
+    return engine
+
+
 def build_images() -> None:
-    """The Dockerfiles use BuildKit's RUN --mount, hence DOCKER_BUILDKIT."""
-    builds = [
-        (REPOSITORY / "broker_image" / "Dockerfile", BROKER_IMAGE, REPOSITORY),
-        (REPOSITORY / "operator" / "Dockerfile", OPERATOR_IMAGE, REPOSITORY),
-        (E2E_DIRECTORY / "client" / "Dockerfile", CLIENT_IMAGE, E2E_DIRECTORY / "client"),
-    ]
-    for dockerfile, image, context in builds:
-        run(
-            ["docker", "build", "-f", str(dockerfile), "-t", image, str(context)],
-            env={**os.environ, "DOCKER_BUILDKIT": "1"},
-        )
+    """Built by the script CI and users build them with, so kind runs what CI built."""
+    images.build_images(image_engine(), TAG, e2e_client=True)
+
+
+def load_images() -> None:
+    """Into kind's nodes: from Docker's store directly, from podman's through an archive.
+    podman names its images localhost/NAME, so each is saved under the docker.io/library
+    name that the pods' short names resolve to."""
+    engine = image_engine()
+    env = {**os.environ, **engine.env}
+    for image in (BROKER_IMAGE, OPERATOR_IMAGE, CLIENT_IMAGE):
+        if engine.name == "docker":
+            run(["kind", "load", "docker-image", image, "--name", CLUSTER_NAME])
+            continue
+        qualified = f"docker.io/library/{image}"
+        with tempfile.TemporaryDirectory() as directory:
+            archive = Path(directory) / "image.tar"
+            run(["podman", "tag", image, qualified], env=env)
+            try:
+                run(["podman", "save", "--output", str(archive), qualified], env=env)
+            finally:
+                run(["podman", "untag", qualified, qualified], env=env)
+            run(["kind", "load", "image-archive", str(archive), "--name", CLUSTER_NAME])
 
 
 def create_cluster(kubeconfig: Path) -> None:
@@ -75,8 +97,7 @@ def create_cluster(kubeconfig: Path) -> None:
             "120s",
         ]
     )
-    for image in (BROKER_IMAGE, OPERATOR_IMAGE, CLIENT_IMAGE):
-        run(["kind", "load", "docker-image", image, "--name", CLUSTER_NAME])
+    load_images()
     # kind's nodes have no zone; rack-aware Brokers read theirs from this label.
     core = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
     for node in core.list_node().items:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.images import Images, build_images, find_engine
 
 from .brokers import BrokerFailed, BrokerProcess
 from .cluster import Cluster
@@ -94,3 +97,16 @@ def operator_process(kube: Kube) -> Iterator[OperatorProcess]:
     finally:
         operator.stop()
         print(f"--- log of the operator\n{operator.log_tail()}")
+
+
+@pytest.fixture(scope="session")
+def images() -> Images:
+    """The broker and operator images of this checkout, built once per test run with
+    ``scripts/build-images.sh``. CI must build them: there, no engine is a failure."""
+    engine = find_engine()
+    if engine is None:
+        reason = "no container engine (docker info fails, podman is not installed)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}: scripts/setup.sh installs podman", pytrace=False)
+        pytest.skip(reason)
+    return build_images(engine, "test")

@@ -1,5 +1,6 @@
-"""The images' Dockerfiles (broker, operator, the e2e client), linted: they cannot be
-built without a Docker engine."""
+"""The images' Dockerfiles (broker, operator, the e2e client), linted here; the
+images themselves are built by scripts/build-images.sh (Docker or podman) for the tests
+that run them."""
 
 from __future__ import annotations
 

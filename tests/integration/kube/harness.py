@@ -23,6 +23,7 @@ from tests.support.tls import ServerCertificate, issue
 from .apiserver import ApiServer, write_kubeconfig
 from .dns import HOSTS, ServiceNetwork, splice
 from .pods import ApiEndpoint, PodRunner, pod_ready
+from .runtimes import ContainerRuntime
 from .store import MERGE_PATCH, ApiError, Object, ResourceType
 
 T = TypeVar("T")
@@ -36,10 +37,19 @@ class Kube:
     """A running emulated cluster. Resources are named ``"apps/v1/statefulsets"``,
     ``"v1/pods"``, ``"brook.dev/v1alpha1/brokers"``."""
 
-    def __init__(self, root: Path, crds: Iterable[Path] = (), hosts: Path = HOSTS) -> None:
+    def __init__(
+        self,
+        root: Path,
+        crds: Iterable[Path] = (),
+        hosts: Path = HOSTS,
+        runtime: ContainerRuntime | None = None,
+    ) -> None:
+        """``runtime``: how pods' containers run (default: local processes, see
+        :mod:`.runtimes`)."""
         self.root = root
         self._crds = list(crds)
         self._hosts = hosts
+        self._runtime = runtime
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kube", daemon=True)
         self._started = False
@@ -85,7 +95,9 @@ class Kube:
         self.network = ServiceNetwork(store, self._hosts)
         host, port = tls.sockets[0].getsockname()[:2]
         endpoint = ApiEndpoint(host, port, certificate.ca, self.api.authorizer)
-        self.runner = PodRunner(store, self.root, endpoint, self.network.refresh_hosts)
+        self.runner = PodRunner(
+            store, self.root, endpoint, self.network.refresh_hosts, self._runtime
+        )
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.runner.run()), loop.create_task(self.network.run())]
 

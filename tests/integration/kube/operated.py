@@ -12,8 +12,12 @@ from typing import Any
 
 import pytest
 
+from tests.support.images import Images
+
+from .chart import ChartOperator
 from .harness import Kube
 from .operator import OperatorProcess
+from .runtimes import ImageRuntime
 
 NS = "default"
 CRD_FILES = sorted((Path(__file__).parents[3] / "crds").glob("*.yaml"))
@@ -67,14 +71,26 @@ def operated_broker(
     installed: Sequence[Mapping[str, Any]] = (),
     operator_env: Mapping[str, str] | None = None,
     report: bool = True,
+    images: Images | None = None,
 ) -> Iterator[Kube]:
     """The emulated cluster with ``brook-operator`` running and a Broker ``name`` of
     ``replicas`` brokers (and the rest of ``spec``) once ``settled`` holds for it (default:
     Ready); the ``installed`` objects (what the chart would install) exist before it. At
     the end the operator's log, the Events and the pods are printed (for a failing test's
-    report, unless ``report`` is off) and everything is stopped."""
-    kube = Kube(root, crds=CRD_FILES)
-    operator = OperatorProcess(kube, env=dict(operator_env or {}))
+    report, unless ``report`` is off) and everything is stopped.
+
+    With ``images``, every pod runs from its image and the operator is installed by its
+    chart (its pod too, from the operator image); else pods and the operator are local
+    processes."""
+    operator: OperatorProcess | ChartOperator
+    if images is None:
+        kube = Kube(root, crds=CRD_FILES)
+        operator = OperatorProcess(kube, env=dict(operator_env or {}))
+    else:
+        engine = images.engine
+        runtime = ImageRuntime(engine.name, engine.env, harness=f"{os.getpid()}-{root.parent.name}")
+        kube = Kube(root, crds=CRD_FILES, runtime=runtime)
+        operator = ChartOperator(kube, images, env=operator_env)
     try:
         kube.start()
         for obj in installed:

@@ -1,15 +1,16 @@
 """The pod runner: the StatefulSet and Deployment controllers and a kubelet, on this machine.
 
 Controllers turn StatefulSets and Deployments into Pod objects (and PVCs) and report the
-sets' status; the kubelet runs the single container of every Pod as a local process:
+sets' status; the kubelet runs the single container of every Pod through a container
+runtime (:mod:`.runtimes`: a local process by default, or the container's image):
 
 - each pod has its own address on this process's 127.N.0.0/16, the same for a pod name
   across restarts,
   and a node of its own (``node-N``, a Node object labelled with a zone ``zone-a/b/c``);
 - the container's ``command``/``args`` and env follow Kubernetes: ``fieldRef`` values,
   ``configMapKeyRef``/``secretKeyRef``, ``envFrom``, ``$(VAR)`` expansion;
-- volumes are directories: a PVC's outlives its pods; the process runs in a private mount
-  namespace where each directory is bind-mounted at the container's ``mountPath``;
+- volumes are directories: a PVC's outlives its pods; each is mounted at the container's
+  ``mountPath``;
   a ``configMap`` or ``secret`` volume holds a file per key (or per ``items`` entry) with
   its ``defaultMode`` (or the item's ``mode``), and is mounted read-only, as a kubelet
   does; so is any volume mounted ``readOnly``;
@@ -44,6 +45,14 @@ from typing import Any
 from brook_cli import local
 
 from .rbac import Authorizer, ServiceAccount
+from .runtimes import (
+    Container,
+    ContainerConfigError,
+    ContainerRuntime,
+    Mount,
+    ProcessRuntime,
+    SecurityContext,
+)
 from .store import HARNESS_NETWORK, ApiError, Object, Store, WatchEvent, now
 
 POD_NETWORK = f"127.{HARNESS_NETWORK}"
@@ -55,17 +64,8 @@ RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 4.0)
 ZONES = ("zone-a", "zone-b", "zone-c")
 SERVICE_ACCOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 
-_MOUNT_SCRIPT = (
-    'while [ "$1" != -- ]; do mkdir -p "$2" && mount --bind "$1" "$2" || exit 125; '
-    'if [ "$3" = ro ]; then mount -o remount,bind,ro "$2" || exit 125; fi; '
-    'shift 3; done; shift; exec "$@"'
-)
 _DEFAULT_MODE = 0o644
 """A configMap or secret volume's files without a ``defaultMode``, as in Kubernetes."""
-
-
-class ContainerConfigError(Exception):
-    """The container cannot start yet (a ConfigMap it needs is missing, no command)."""
 
 
 def expand(text: str, variables: Mapping[str, str]) -> str:
@@ -135,10 +135,13 @@ class PodRunner:
         root: Path,
         api: ApiEndpoint,
         before_start: Callable[[], object] = lambda: None,
+        runtime: ContainerRuntime | None = None,
     ) -> None:
         self.store = store
         self.root = root
         self.api = api
+        self.runtime: ContainerRuntime = runtime or ProcessRuntime(home=root)
+        """Runs each container: a local process (default) or its image."""
         self._made_mount_points = not Path(SERVICE_ACCOUNT_PATH).exists()
         self.before_start = before_start
         """Called before containers start, once their pods have addresses: the service
@@ -193,6 +196,7 @@ class PodRunner:
         self.store.listeners.remove(self._on_event)
         instances, self.instances = list(self.instances.values()), {}
         await asyncio.gather(*(instance.stop() for instance in instances), *self._retiring)
+        await self.runtime.close()
         if self._made_mount_points:
             # Mount points the pods' bind mounts made on this machine: gone if still empty.
             with contextlib.suppress(OSError):
@@ -482,10 +486,11 @@ class PodRunner:
         pod["status"] = status
         self.store.replace(self._kinds["pods"], namespace, name, pod, "status")
 
-    def launch_plan(
-        self, pod: Object
-    ) -> tuple[list[str], dict[str, str], list[tuple[Path, str, bool]]]:
-        """The argv (with its mount wrapper), env and mounts of the pod's first container."""
+    def container_of(self, pod: Object, start: int) -> Container:
+        """The pod's first container as a container runtime gets it: command and args
+        with ``$(VAR)`` expanded, the environment (the manifest's, and the kubelet's own:
+        the API server's address, the pod's name), the volumes and the securityContext.
+        ``start`` counts the container's starts (its name is new each time)."""
         meta, spec = pod["metadata"], pod["spec"]
         namespace = meta["namespace"]
         container = spec["containers"][0]
@@ -501,31 +506,32 @@ class PodRunner:
                 value = self._value_from(pod, item["valueFrom"])
                 if value is not None:
                     variables[item["name"]] = value
-        command = [expand(part, variables) for part in container.get("command") or []]
-        args = [expand(part, variables) for part in container.get("args") or []]
-        if not command:
-            raise ContainerConfigError(
-                f"container {container.get('name')!r} has no command: the harness runs "
-                "commands, not images"
-            )
         mounts = self._mounts(pod, container)
         if self._automounts_token(pod):
-            mounts.append((self._service_account_dir(pod), SERVICE_ACCOUNT_PATH, True))
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(self.root),
-            "HOSTNAME": meta["name"],
-            "KUBERNETES_SERVICE_HOST": self.api.host,
-            "KUBERNETES_SERVICE_PORT": str(self.api.port),
-            **variables,
-        }
-        wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _MOUNT_SCRIPT]
-        triples = [
-            str(part)
-            for source, target, read_only in mounts
-            for part in (source, target, "ro" if read_only else "rw")
-        ]
-        return [*wrapper, "mounts", *triples, "--", *command, *args], env, mounts
+            mounts.append(
+                Mount(
+                    self._service_account_dir(pod),
+                    SERVICE_ACCOUNT_PATH,
+                    read_only=True,
+                    owned_by_fs_group=False,
+                )
+            )
+        name = container.get("name", "main")
+        return Container(
+            name=f"k8s_{name}_{meta['name']}_{namespace}_{meta['uid'][:8]}_{start}",
+            image=container.get("image", ""),
+            command=[expand(part, variables) for part in container.get("command") or []],
+            args=[expand(part, variables) for part in container.get("args") or []],
+            env={
+                "HOSTNAME": meta["name"],
+                "KUBERNETES_SERVICE_HOST": self.api.host,
+                "KUBERNETES_SERVICE_PORT": str(self.api.port),
+                **variables,
+            },
+            mounts=mounts,
+            working_dir=container.get("workingDir"),
+            security=SecurityContext.of(spec, container),
+        )
 
     def _source_data(self, namespace: str, source: Object) -> dict[str, str]:
         if "configMapRef" in source:
@@ -601,8 +607,8 @@ class PodRunner:
         (directory / "namespace").write_text(account.namespace)
         return directory
 
-    def _mounts(self, pod: Object, container: Object) -> list[tuple[Path, str, bool]]:
-        """(directory, mountPath, read-only) for each of the container's volumeMounts."""
+    def _mounts(self, pod: Object, container: Object) -> list[Mount]:
+        """The container's volumeMounts, each a directory of this machine."""
         namespace = pod["metadata"]["namespace"]
         volumes = {volume["name"]: volume for volume in pod["spec"].get("volumes") or []}
         instance_dir = self._instance_dir(pod)
@@ -620,10 +626,12 @@ class PodRunner:
                 read_only = True
             else:  # emptyDir and anything else: a directory of this pod only
                 source = instance_dir / "volumes" / mount["name"]
+                source.mkdir(parents=True, exist_ok=True)
+                source.chmod(0o777)  # as a kubelet makes an emptyDir: any user may write
             if mount.get("subPath"):
                 source = source / mount["subPath"]
             source.mkdir(parents=True, exist_ok=True)
-            mounts.append((source, mount["mountPath"], read_only))
+            mounts.append(Mount(source, mount["mountPath"], read_only))
         return mounts
 
     def _write_key_files(self, namespace: str, volume: Object, directory: Path) -> None:
@@ -659,6 +667,8 @@ class PodInstance:
         self.ip = runner.pod_ip(self.namespace, self.name)
         self.stopping = False
         self.process: asyncio.subprocess.Process | None = None
+        self.running: Container | None = None
+        """The container ``process`` runs."""
         self.restarts = 0
         self.ready = False
         self.state: Object = {"waiting": {"reason": "ContainerCreating"}}
@@ -710,7 +720,8 @@ class PodInstance:
         self.report()
         while not self.stopping:
             try:
-                argv, env, _ = self.runner.launch_plan(self._with_addresses())
+                container = self.runner.container_of(self._with_addresses(), self.restarts + 1)
+                argv, env = self.runner.runtime.launch(container)
             except ContainerConfigError as error:
                 self.state = {
                     "waiting": {"reason": "CreateContainerConfigError", "message": str(error)}
@@ -731,6 +742,7 @@ class PodInstance:
                     start_new_session=True,
                     preexec_fn=local._die_with_parent,
                 )
+            self.running = container
             self.state = {"running": {"startedAt": now()}}
             self.report()
             probe = asyncio.get_running_loop().create_task(self._probe())
@@ -789,23 +801,18 @@ class PodInstance:
         """SIGTERM, the grace period (capped), then SIGKILL; the supervisor ends."""
         self.stopping = True
         grace = min(float(self.pod["spec"].get("terminationGracePeriodSeconds", 30)), MAX_GRACE_S)
-        process = self.process
-        if process is not None and process.returncode is None:
-            _signal_group(process.pid, signal.SIGTERM)
+        process, container, runtime = self.process, self.running, self.runner.runtime
+        if process is not None and container is not None and process.returncode is None:
+            await runtime.signal(container, process.pid, signal.SIGTERM)
             try:
                 await asyncio.wait_for(process.wait(), grace)
             except TimeoutError:
-                _signal_group(process.pid, signal.SIGKILL)
+                await runtime.signal(container, process.pid, signal.SIGKILL)
                 await process.wait()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-
-
-def _signal_group(pid: int, signum: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signum)
 
 
 async def http_ok(host: str, port: int, path: str, timeout: float) -> bool:
