@@ -157,7 +157,7 @@ fi
 summary=()
 for build in "${builds[@]}"; do
     read -r name dockerfile context <<<"$build"
-    step "$name" "build $name:$tag" \
+    step "$name-$tag" "build $name:$tag" \
         "$engine" build "${build_flags[@]}" -f "$dockerfile" -t "$name:$tag" "$context"
     bytes=$("$engine" image inspect --format '{{.Size}}' "$name:$tag")
     summary+=("$(printf '%-24s %5d MB %5d s' "$name:$tag" $((bytes / 1000000)) "$step_seconds")")

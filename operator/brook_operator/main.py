@@ -56,11 +56,20 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="brook.dev", key="last-handled-configuration"
     )
+    metrics.serve(operator.metrics_port)
+
+
+def load_cluster_config() -> str | None:
+    """The Kubernetes client's configuration: in-cluster (the pod's ServiceAccount), else
+    the kubeconfig; None when loaded, else why no cluster can be reached."""
     try:
         kubernetes_config.load_incluster_config()
-    except kubernetes_config.ConfigException:
-        kubernetes_config.load_kube_config()
-    metrics.serve(operator.metrics_port)
+    except kubernetes_config.ConfigException as in_cluster:
+        try:
+            kubernetes_config.load_kube_config()
+        except (kubernetes_config.ConfigException, OSError) as kubeconfig:
+            return f"not in a pod ({in_cluster}) and no kubeconfig ({kubeconfig})"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,6 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = OperatorSettings.from_env()
     except SettingsError as error:
         print(f"brook-operator: {error}", file=sys.stderr)
+        return 2
+    if (no_cluster := load_cluster_config()) is not None:
+        print(
+            f"brook-operator: no Kubernetes cluster to run against: {no_cluster}", file=sys.stderr
+        )
         return 2
     configure_logging(settings.log_level)
     for handler in logging.getLogger().handlers:

@@ -37,12 +37,19 @@ What runs where:
 - :mod:`.rbac`: pods' ServiceAccount tokens, allowed what their (Cluster)RoleBindings
   grant; any other token (the operator's, the tests') is the cluster admin's.
 - :mod:`.pods`: StatefulSet and Deployment controllers and a kubelet running each pod's
-  container as a local process with its own 127.N.X.Y address (N differs between test
+  container with its own 127.N.X.Y address (N differs between test
   runs that overlap), its volumes bind-mounted in a private mount namespace, and, as a
   kubelet gives it, its ServiceAccount token and the API server's address.
+- :mod:`.runtimes`: how the kubelet runs a container: a local process (default, fast), or
+  in image mode (``Kube(runtime=ImageRuntime(...))``) the container's image with podman or
+  docker: host network and the pod's own 127.x address, volumes, the manifest's user,
+  read-only root and ``fsGroup``, the ServiceAccount mount.
+- :mod:`.chart`: in image mode, the operator installed by its Helm chart, its pod run from
+  the operator image with the chart's RBAC (``operated_broker(..., images=...)``).
 - :mod:`.dns`: names in a marked block of ``/etc/hosts`` and a TCP proxy per cluster IP.
 
-Not emulated: admission webhooks, RBAC for the operator (its requests are all allowed),
+Not emulated: admission webhooks, RBAC for the operator run as a process (its requests are
+all allowed; from its chart, its ServiceAccount has the chart's RBAC),
 CEL validation rules (``x-kubernetes-validations``), liveness probes, ReplicaSets (a
 Deployment owns its pods), several containers or init containers per pod.
 Requires root (mount namespaces, ``/etc/hosts``).

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .pods import pod_ready
+from .runtimes import process_alive
 from .store import Object, Store, WatchEvent, match_labels_selector
 
 HOSTS = Path("/etc/hosts")
@@ -34,16 +35,6 @@ _BLOCK = re.compile(
     r"^# BEGIN kube-harness pid=(?P<pid>\d+)\n.*?^# END kube-harness pid=(?P=pid)\n",
     re.M | re.S,
 )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def write_hosts_block(lines: Iterable[str] | None, path: Path = HOSTS) -> None:
@@ -56,7 +47,8 @@ def write_hosts_block(lines: Iterable[str] | None, path: Path = HOSTS) -> None:
         fcntl.flock(hosts, fcntl.LOCK_EX)
         text = hosts.read()
         kept = _BLOCK.sub(
-            lambda m: m.group(0) if int(m["pid"]) != pid and _alive(int(m["pid"])) else "", text
+            lambda m: m.group(0) if int(m["pid"]) != pid and process_alive(int(m["pid"])) else "",
+            text,
         )
         if not kept.endswith("\n") and kept:
             kept += "\n"

@@ -88,7 +88,7 @@ def operated_broker(
         operator = OperatorProcess(kube, env=dict(operator_env or {}))
     else:
         engine = images.engine
-        runtime = ImageRuntime(engine.name, engine.env, harness=f"{os.getpid()}-{root.parent.name}")
+        runtime = ImageRuntime(engine.name, engine.env)
         kube = Kube(root, crds=CRD_FILES, runtime=runtime)
         operator = ChartOperator(kube, images, env=operator_env)
     try:

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+HARNESS_LABEL = "brook-harness-pid"
+"""Every container of a harness carries the pid of the process that runs it."""
 HOSTS = "/etc/hosts"
 """The harness publishes Service and pod names here, written in place: containers mount
 it, so they see names published after they started."""
@@ -116,6 +118,16 @@ _MOUNT_SCRIPT = (
 )
 
 
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def signal_group(pid: int, signum: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signum)
@@ -161,9 +173,43 @@ class ImageRuntime:
     """``podman`` or ``docker``."""
     engine_env: Mapping[str, str]
     """The engine's own settings (podman's ``CONTAINERS_CONF``)."""
-    harness: str
-    """Labels this harness's containers, so ``close`` removes every one it started."""
+    harness: str = field(init=False)
+    """This process's pid: the label of its containers."""
     _users: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Containers of harnesses whose process died (a killed test run) are removed:
+        they would hold their pods' addresses and ports."""
+        self.harness = str(os.getpid())
+        listed = subprocess.run(
+            [
+                self.engine,
+                "ps",
+                "--all",
+                "--filter",
+                f"label={HARNESS_LABEL}",
+                "--format",
+                f'{{{{.ID}}}} {{{{index .Labels "{HARNESS_LABEL}"}}}}',
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self.engine_env},
+            timeout=60,
+            check=False,
+        )
+        orphans = [
+            container
+            for container, _, pid in (line.partition(" ") for line in listed.stdout.splitlines())
+            if pid.isdigit() and not process_alive(int(pid))
+        ]
+        if orphans:
+            subprocess.run(
+                [self.engine, "rm", "--force", *orphans],
+                capture_output=True,
+                env={**os.environ, **self.engine_env},
+                timeout=120,
+                check=False,
+            )
 
     def launch(self, container: Container) -> tuple[list[str], dict[str, str]]:
         security = container.security
@@ -175,7 +221,7 @@ class ImageRuntime:
             "--name",
             container.name,
             "--label",
-            f"brook-harness={self.harness}",
+            f"{HARNESS_LABEL}={self.harness}",
             "--network",
             "host",
             "--pull",
@@ -246,13 +292,18 @@ class ImageRuntime:
 
     async def signal(self, container: Container, pid: int, signum: signal.Signals) -> None:
         """``kill`` through the engine (the launching client cannot forward SIGKILL); the
-        client itself too, for a container that is not running yet."""
-        await self._engine("kill", "--signal", signum.name, container.name)
+        client itself too, for a container that is not running yet. SIGKILL removes the
+        container, so none outlives its client. (A SIGTERM that reaches the container before
+        its process handles it is lost, as in Kubernetes: its PID 1 ignores it.)"""
+        if signum == signal.SIGKILL:
+            await self._engine("rm", "--force", container.name)
+        else:
+            await self._engine("kill", "--signal", signum.name, container.name)
         signal_group(pid, signum)
 
     async def close(self) -> None:
         listed = await self._engine(
-            "ps", "--all", "--quiet", "--filter", f"label=brook-harness={self.harness}"
+            "ps", "--all", "--quiet", "--filter", f"label={HARNESS_LABEL}={self.harness}"
         )
         if ids := listed.split():
             await self._engine("rm", "--force", *ids)
