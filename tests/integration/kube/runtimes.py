@@ -251,9 +251,13 @@ class ImageRuntime:
             argv += ["--env", f"{name}={value}"]
         if container.working_dir:
             argv += ["--workdir", container.working_dir]
-        if container.command:
+        arguments = list(container.args)
+        if container.command and self.engine == "podman":
             argv += ["--entrypoint", json.dumps(list(container.command))]
-        argv += [container.image, *container.args]
+        elif container.command:  # docker takes the program alone; the rest go before args
+            argv += ["--entrypoint", container.command[0]]
+            arguments = [*container.command[1:], *arguments]
+        argv += [container.image, *arguments]
         return argv, {**os.environ, **self.engine_env}
 
     def _check_non_root(self, container: Container) -> None:
