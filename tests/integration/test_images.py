@@ -29,6 +29,7 @@ from .clients import ConfluentDriver, Message
 from .kube.chart import NAMESPACE, SELECTOR
 from .kube.harness import Kube
 from .kube.operated import BROKERS, NS, bootstrap, condition, operated_broker, require_root
+from .kube.runtimes import HARNESS_LABEL, ImageRuntime
 
 pytestmark = pytest.mark.slow
 
@@ -298,3 +299,26 @@ def test_a_broken_broker_image_is_refused_with_what_went_wrong(
     assert problem is not None, f"the image {breakage} passed the check"
     print(f"the image {breakage}: {problem}")
     assert words in problem, problem
+
+
+def test_containers_of_a_killed_test_run_are_removed_by_the_next(images: Images) -> None:
+    """A killed run's containers hold their pods' addresses: the next harness removes
+    those whose harness process is gone, and leaves a live one's alone."""
+    engine = images.engine
+    # No process has pid 999999999 (above the kernel's limit); pid 1 always runs.
+    names = {
+        f"brook-orphan-{uuid.uuid4().hex[:6]}": "999999999",
+        f"brook-alive-{uuid.uuid4().hex[:6]}": "1",
+    }
+    for name, pid in names.items():
+        created = engine.run(
+            "create", "--name", name, "--label", f"{HARNESS_LABEL}={pid}", images.broker
+        )
+        assert created.returncode == 0, created.stderr
+    try:
+        ImageRuntime(engine.name, engine.env)
+        left = engine.run("ps", "--all", "--format", "{{.Names}}").stdout.split()
+        orphan, alive = names
+        assert orphan not in left and alive in left, left
+    finally:
+        engine.run("rm", "--force", *names)
