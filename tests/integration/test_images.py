@@ -24,28 +24,19 @@ import pytest
 
 from tests.support.images import Engine, Images
 
+from . import test_operator
 from .brokers import free_port
 from .clients import ConfluentDriver, Message
 from .kube.chart import NAMESPACE, SELECTOR
 from .kube.harness import Kube
-from .kube.operated import BROKERS, NS, bootstrap, condition, operated_broker, require_root
-from .kube.runtimes import HARNESS_LABEL, ImageRuntime
+from .kube.operated import BROKERS, NS, bootstrap, operated_broker, require_root
+from .kube.runtimes import HARNESS_LABEL, ImageRuntime, read_only_root
 
 pytestmark = pytest.mark.slow
 
 BROKER = "imaged"
-TOPICS = "brook.dev/v1alpha1/topics"
 CHANGE_TIMEOUT_S = 90.0
 BROKER_UID = 10001
-
-
-def broker_ready(broker: dict[str, Any]) -> bool:
-    status = broker.get("status") or {}
-    return (
-        condition(broker).get("status") == "True"
-        and status.get("readyReplicas") == 3
-        and status.get("underReplicatedPartitions") == 0
-    )
 
 
 @dataclass
@@ -62,7 +53,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, images: Images) -> Iterato
         tmp_path_factory.mktemp("imaged") / "kube",
         BROKER,
         3,
-        settled=broker_ready,
+        settled=test_operator.broker_ready,
         operator_env={"BROOK_OPERATOR_STATUS_INTERVAL": "1"},
         images=images,
     ) as kube:
@@ -88,27 +79,8 @@ def container_of(found: dict[str, dict[str, Any]], pod: str) -> dict[str, Any]:
 
 
 def apply_topic(kube: Kube, name: str, **spec: Any) -> None:
-    kube.apply(
-        {
-            "apiVersion": "brook.dev/v1alpha1",
-            "kind": "Topic",
-            "metadata": {"name": name},
-            "spec": {"cluster": BROKER, **spec},
-        }
-    )
-
-
-def wait_topic_ready(kube: Kube, name: str) -> dict[str, Any]:
-    def ready() -> dict[str, Any] | None:
-        topic = kube.get(TOPICS, name)
-        status = topic.get("status") or {}
-        done = (
-            condition(topic).get("status") == "True"
-            and status.get("observedGeneration") == topic["metadata"]["generation"]
-        )
-        return topic if done else None
-
-    return kube.wait_for(ready, CHANGE_TIMEOUT_S, f"Topic {name} Ready")
+    """A Topic of this module's Broker."""
+    test_operator.apply_topic(kube, name, cluster=BROKER, **spec)
 
 
 def test_the_chart_s_operator_and_the_brokers_run_from_their_images(
@@ -136,7 +108,7 @@ def test_the_chart_s_operator_and_the_brokers_run_from_their_images(
 def test_a_topic_serves_clients_through_the_status_bootstrap(cluster: ImagedCluster) -> None:
     kube = cluster.kube
     apply_topic(kube, "orders", partitions=6, replicationFactor=3, minInsyncReplicas=2)
-    wait_topic_ready(kube, "orders")
+    test_operator.wait_topic_ready(kube, "orders", 6)
     address = kube.get(BROKERS, BROKER)["status"]["bootstrap"]
     assert address == bootstrap(BROKER)
     messages = [Message(i % 6, f"k{i}".encode(), f"v{i}".encode()) for i in range(60)]
@@ -152,7 +124,7 @@ def test_a_deleted_broker_pod_comes_back_with_its_data(cluster: ImagedCluster) -
     only come from its own volume."""
     kube = cluster.kube
     apply_topic(kube, "single", partitions=3, replicationFactor=1, minInsyncReplicas=1)
-    wait_topic_ready(kube, "single")
+    test_operator.wait_topic_ready(kube, "single", 3)
     address = bootstrap(BROKER)
     messages = [Message(i % 3, f"k{i}".encode(), f"v{i}".encode()) for i in range(30)]
     driver = ConfluentDriver()
@@ -174,7 +146,9 @@ def test_a_deleted_broker_pod_comes_back_with_its_data(cluster: ImagedCluster) -
 
     kube.wait_for(back, CHANGE_TIMEOUT_S, f"a new {BROKER}-1")
     kube.wait_for(
-        lambda: broker_ready(kube.get(BROKERS, BROKER)), CHANGE_TIMEOUT_S, "the Broker Ready again"
+        lambda: test_operator.broker_ready(kube.get(BROKERS, BROKER)),
+        CHANGE_TIMEOUT_S,
+        "the Broker Ready again",
     )
     assert sorted(path.name for path in claim.glob("single-*")) == written
     consumed = driver.consume(address, "single", range(3), len(messages))
@@ -201,8 +175,7 @@ def run_as_the_readme_says(engine: Engine, image: str, timeout: float = 60.0) ->
         "host",
         "--pull",
         "never",
-        "--read-only",
-        *(["--read-only-tmpfs=false"] if engine.name == "podman" else []),
+        *read_only_root(engine.name),
         "--volume",
         f"{volume}:/var/lib/brook",
         "--env",

@@ -19,7 +19,6 @@ from tests.support.images import Images
 
 from ..brokers import free_port
 from .harness import Kube
-from .pods import pod_ready
 
 CHART = REPOSITORY / "helm" / "brook-operator"
 RELEASE = "brook"
@@ -98,11 +97,6 @@ class ChartOperator:
             START_TIMEOUT_S,
             "the operator's pod to go",
         )
-
-    @property
-    def running(self) -> bool:
-        pods = self.kube.list("v1/pods", NAMESPACE, SELECTOR)
-        return any(pod_ready(pod) for pod in pods)
 
     def log_tail(self, lines: int = 60) -> str:
         if self.pod_name is None:

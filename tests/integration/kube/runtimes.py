@@ -26,7 +26,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 HARNESS_LABEL = "brook-harness-pid"
 """Every container of a harness carries the pid of the process that runs it."""
@@ -62,9 +62,9 @@ class SecurityContext:
     no_new_privileges: bool = False
 
     @classmethod
-    def of(cls, pod_spec: Mapping[str, object], container: Mapping[str, object]) -> SecurityContext:
-        pod = dict(pod_spec.get("securityContext") or {})  # type: ignore[call-overload]
-        own = dict(container.get("securityContext") or {})  # type: ignore[call-overload]
+    def of(cls, pod_spec: Mapping[str, Any], container: Mapping[str, Any]) -> SecurityContext:
+        pod = dict(pod_spec.get("securityContext") or {})
+        own = dict(container.get("securityContext") or {})
         merged = {**pod, **own}
 
         def number(key: str) -> int | None:
@@ -235,9 +235,7 @@ class ImageRuntime:
         if security.fs_group is not None:
             argv += ["--group-add", str(security.fs_group)]
         if security.read_only_root:
-            argv.append("--read-only")
-            if self.engine == "podman":  # podman alone adds writable /tmp and /run to it
-                argv.append("--read-only-tmpfs=false")
+            argv += read_only_root(self.engine)
         if security.drop_all_capabilities:
             argv += ["--cap-drop", "ALL"]
         if security.no_new_privileges:
@@ -329,6 +327,12 @@ class ImageRuntime:
             await process.wait()
             return ""
         return out.decode()
+
+
+def read_only_root(engine: str) -> list[str]:
+    """The ``run`` flags of a read-only root filesystem with nothing writable added: podman
+    alone adds writable ``/tmp`` and ``/run`` to it unless told not to; Kubernetes adds none."""
+    return ["--read-only", *(["--read-only-tmpfs=false"] if engine == "podman" else [])]
 
 
 def own_by_group(directory: Path, gid: int, read_only: bool) -> None:
