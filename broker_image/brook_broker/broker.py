@@ -33,6 +33,7 @@ from .protocol.quotas import UNLIMITED, ConnectionQuotas, ListenerLimits
 from .protocol.sasl import PlainAuthenticator, PlainCredentials
 from .protocol.server import KafkaServer
 from .replication import ReplicaManager
+from .storage.cleaner import LogCleaner
 from .storage.manager import LogManager
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Broker:
         self._lifecycle: BrokerLifecycle | None = None
         self._collectors: list[Collector] = []
         self._maintenance: asyncio.Task[None] | None = None
+        self._cleaner: asyncio.Task[None] | None = None
         self._memory_trimmer: asyncio.Task[None] | None = None
         self._loop_lag: asyncio.Task[None] | None = None
 
@@ -131,6 +133,18 @@ class Broker:
             logs.run_maintenance(config.log_retention_check_interval_ms), name="log maintenance"
         )
         self._maintenance.add_done_callback(_report_crash)
+        if config.log_cleaner_enable:
+            cleaner = LogCleaner(
+                lambda: (partition_log for _, _, partition_log in logs.partitions()),
+                dedupe_buffer_size=config.log_cleaner_dedupe_buffer_size,
+                io_max_bytes_per_second=config.log_cleaner_io_max_bytes_per_second,
+                backoff_ms=config.log_cleaner_backoff_ms,
+            )
+            cleaner_metrics = metrics.CleanerCollector(cleaner.stats)
+            metrics.REGISTRY.register(cleaner_metrics)
+            self._collectors.append(cleaner_metrics)
+            self._cleaner = asyncio.create_task(cleaner.run(), name="log cleaner")
+            self._cleaner.add_done_callback(_report_crash)
         self._memory_trimmer = asyncio.create_task(
             allocator.return_free_memory(), name="free memory trimmer"
         )
@@ -174,15 +188,11 @@ class Broker:
         if self._quorum is not None:
             await self._quorum.stop()
             self._quorum = None
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            await asyncio.gather(self._maintenance, return_exceptions=True)
-            self._maintenance = None
-        for task in (self._memory_trimmer, self._loop_lag):
+        for task in (self._maintenance, self._cleaner, self._memory_trimmer, self._loop_lag):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._memory_trimmer = self._loop_lag = None
+        self._maintenance = self._cleaner = self._memory_trimmer = self._loop_lag = None
         for collector in self._collectors:
             metrics.REGISTRY.unregister(collector)
         self._collectors = []
@@ -261,4 +271,4 @@ def _internal_advertised(
 
 def _report_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("log maintenance stopped", exc_info=task.exception())
+        log.error("%s stopped", task.get_name(), exc_info=task.exception())

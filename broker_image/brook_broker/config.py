@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from .metadata.topics import MAX_PARTITIONS_PER_REQUEST
+from .storage.log import normalize_cleanup_policy
 
 DAY_MS = 24 * 60 * 60 * 1000
 
@@ -43,6 +44,16 @@ class BrokerConfig:
     log_flush_messages: int = -1
     log_flush_ms: int = -1
     log_retention_check_interval_ms: int = 5 * 60 * 1000
+    log_cleanup_policy: str = "delete"
+    # The log cleaner (compaction of cleanup.policy=compact topics).
+    log_cleaner_enable: bool = True
+    log_cleaner_dedupe_buffer_size: int = 128 * 1024 * 1024
+    log_cleaner_io_max_bytes_per_second: float = 1.7976931348623157e308
+    log_cleaner_backoff_ms: int = 15_000
+    log_cleaner_min_cleanable_ratio: float = 0.5
+    log_cleaner_min_compaction_lag_ms: int = 0
+    log_cleaner_max_compaction_lag_ms: int = 2**63 - 1
+    log_cleaner_delete_retention_ms: int = DAY_MS
     message_max_bytes: int = 1024 * 1024 + 12
     min_insync_replicas: int = 1
     # The cluster: metadata quorum, sessions, replication.
@@ -57,6 +68,7 @@ class BrokerConfig:
     # Consumer groups and their committed offsets (in the internal __consumer_offsets topic).
     offsets_topic_num_partitions: int = 50
     offsets_topic_replication_factor: int = 3
+    offsets_topic_segment_bytes: int = 100 * 1024 * 1024
     offsets_retention_minutes: int = 7 * 24 * 60
     offsets_retention_check_interval_ms: int = 10 * 60 * 1000
     offsets_commit_timeout_ms: int = 5000
@@ -160,6 +172,16 @@ _HELP = {
     "log_flush_messages": "default flush.messages: fsync after this many records (-1: never)",
     "log_flush_ms": "default flush.ms: fsync at this interval (-1: never)",
     "log_retention_check_interval_ms": "how often retention runs",
+    "log_cleanup_policy": "default cleanup.policy: delete, compact or compact,delete",
+    "log_cleaner_enable": "run the log cleaner, which compacts cleanup.policy=compact topics",
+    "log_cleaner_dedupe_buffer_size": "memory for the cleaner's map of latest offset per key "
+    "(about 136 bytes a key): a larger dirty section is cleaned over several runs",
+    "log_cleaner_io_max_bytes_per_second": "bytes/s the cleaner reads and writes at most",
+    "log_cleaner_backoff_ms": "how long the cleaner sleeps when no log needs cleaning",
+    "log_cleaner_min_cleanable_ratio": "default min.cleanable.dirty.ratio",
+    "log_cleaner_min_compaction_lag_ms": "default min.compaction.lag.ms",
+    "log_cleaner_max_compaction_lag_ms": "default max.compaction.lag.ms",
+    "log_cleaner_delete_retention_ms": "default delete.retention.ms: how long tombstones stay",
     "message_max_bytes": "default max.message.bytes: the largest record batch accepted",
     "min_insync_replicas": "default min.insync.replicas",
     "controller_quorum": "the metadata quorum's voters, ID@HOST:PORT,... (their Raft "
@@ -178,6 +200,8 @@ _HELP = {
     "first asks for its coordinator; a group's coordinator leads the partition its id hashes to",
     "offsets_topic_replication_factor": "replication factor of __consumer_offsets (capped at "
     "the brokers registered when it is made)",
+    "offsets_topic_segment_bytes": "segment.bytes of __consumer_offsets: the cleaner compacts "
+    "closed segments only",
     "offsets_retention_minutes": "committed offsets of a group that has been empty this long "
     "are removed",
     "offsets_retention_check_interval_ms": "how often expired committed offsets are removed",
@@ -224,7 +248,12 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-_PARSERS: dict[str, Callable[[str], object]] = {"int": int, "bool": _parse_bool, "Path": Path}
+_PARSERS: dict[str, Callable[[str], object]] = {
+    "int": int,
+    "float": float,
+    "bool": _parse_bool,
+    "Path": Path,
+}
 
 
 def _parser_of(field: dataclasses.Field[object]) -> Callable[[str], object]:
@@ -312,6 +341,18 @@ def load_config(
     ):
         if getattr(config, name) < 1 and getattr(config, name) != -1:
             parser.error(f"--{name.replace('_', '-')} must be -1 (no limit) or at least 1")
+    try:
+        config = replace(
+            config, log_cleanup_policy=normalize_cleanup_policy(config.log_cleanup_policy)
+        )
+    except ValueError as error:
+        parser.error(f"--log-cleanup-policy: {error}")
+    if not 0 <= config.log_cleaner_min_cleanable_ratio <= 1:
+        parser.error("--log-cleaner-min-cleanable-ratio must be between 0 and 1")
+    if config.log_cleaner_io_max_bytes_per_second <= 0:
+        parser.error("--log-cleaner-io-max-bytes-per-second must be above 0")
+    if config.log_cleaner_dedupe_buffer_size < 1024 * 1024:
+        parser.error("--log-cleaner-dedupe-buffer-size must be at least 1048576")
     if config.cluster_secret_file is not None:
         try:
             secret = config.cluster_secret_file.read_text().strip()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -306,6 +306,72 @@ class ConnectionCollector(Collector):
             "brook_queued_request_bytes",
             "Bytes of requests received and not yet answered (queued.max.request.bytes)",
             value=counts.queued_request_bytes,
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+class CleanerState(Protocol):
+    @property
+    def runs(self) -> int: ...
+    @property
+    def bytes_read(self) -> int: ...
+    @property
+    def bytes_written(self) -> int: ...
+    @property
+    def last_run_end_ms(self) -> int: ...
+    @property
+    def dirty_ratios(self) -> Mapping[tuple[str, int], float]: ...
+    @property
+    def uncleanable(self) -> Collection[tuple[str, int]]: ...
+
+
+class CleanerCollector(Collector):
+    """The log cleaner's work, read from its counters when scraped (Kafka's
+    kafka.log:type=LogCleaner and LogCleanerManager metrics)."""
+
+    def __init__(self, state: CleanerState, clock_ms: Callable[[], int] | None = None) -> None:
+        self._state = state
+        self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        state = self._state
+        yield CounterMetricFamily(
+            "brook_log_cleaner_runs", "Cleaning runs completed", value=state.runs
+        )
+        yield CounterMetricFamily(
+            "brook_log_cleaner_bytes_read",
+            "Bytes of segments the cleaner read",
+            value=state.bytes_read,
+        )
+        yield CounterMetricFamily(
+            "brook_log_cleaner_bytes_written",
+            "Bytes of cleaned segments the cleaner wrote",
+            value=state.bytes_written,
+        )
+        since = (
+            (self._clock_ms() - state.last_run_end_ms) / 1000
+            if state.last_run_end_ms >= 0
+            else -1.0
+        )
+        yield GaugeMetricFamily(
+            "brook_log_cleaner_seconds_since_last_run",
+            "Seconds since the last cleaning run ended (-1: none yet)",
+            value=since,
+        )
+        dirty = GaugeMetricFamily(
+            "brook_log_cleaner_dirty_ratio",
+            "Share of a compacted log's cleanable bytes not yet cleaned",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), ratio in sorted(state.dirty_ratios.items()):
+            dirty.add_metric([topic, str(partition)], ratio)
+        yield dirty
+        yield GaugeMetricFamily(
+            "brook_log_cleaner_uncleanable_partitions",
+            "Compacted partitions the cleaner skips after failing on them",
+            value=len(state.uncleanable),
         )
 
     def describe(self) -> Iterator[GaugeMetricFamily]:

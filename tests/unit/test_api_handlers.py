@@ -493,8 +493,8 @@ async def test_create_topics_errors(broker: Broker) -> None:
     code, message = await error(replication_factor=3)
     assert code == ErrorCode.invalid_replication_factor and "only 1 broker(s)" in message
     assert (await error(name="bad/name"))[0] == ErrorCode.invalid_topic_exception
-    code, message = await error(configs=[{"name": "cleanup.policy", "value": "compact"}])
-    assert code == ErrorCode.invalid_config and "compaction is not supported" in message
+    code, message = await error(configs=[{"name": "cleanup.policy", "value": "shrink"}])
+    assert code == ErrorCode.invalid_config and "must be one of: compact, delete" in message
     assert (
         await error(
             num_partitions=-1,
@@ -694,11 +694,15 @@ async def test_incremental_alter_configs(broker: Broker) -> None:
     assert log is not None and log.config.retention_bytes == 5000
     assert log.config.retention_ms == broker.context.config.log_retention_ms
     assert (await alter(("cleanup.policy", 2, "delete")))[0] == ErrorCode.none
-    code, message = await alter(("cleanup.policy", 2, "compact"))
-    assert code == ErrorCode.invalid_config and "compaction" in (message or "")
+    assert await alter(("cleanup.policy", 2, "delete,compact")) == (ErrorCode.none, None)
+    assert log.config.cleanup_policy == "compact,delete"
+    code, message = await alter(("cleanup.policy", 2, "compact,shrink"))
+    assert code == ErrorCode.invalid_config and "compact, delete" in (message or "")
     code, message = await alter(("retention.ms", 2, "5"))
     assert code == ErrorCode.invalid_config and "append is not allowed" in (message or "")
-    assert (await alter(("cleanup.policy", 3, "delete")))[0] == ErrorCode.invalid_config
+    assert (await alter(("cleanup.policy", 3, "delete")))[0] == ErrorCode.none
+    assert log.config.cleanup_policy == "compact"
+    assert (await alter(("cleanup.policy", 3, "compact")))[0] == ErrorCode.invalid_config
     assert (await alter(("nonsense", 0, "1")))[0] == ErrorCode.invalid_config
     assert (await alter(("segment.bytes", 0, "1")))[0] == ErrorCode.invalid_config
     assert (await alter(("retention.ms", 9, "1")))[0] == ErrorCode.invalid_request
@@ -708,7 +712,7 @@ async def test_incremental_alter_configs(broker: Broker) -> None:
     topic = broker.context.topics.get("t")
     assert topic is not None and dict(topic.configs) == {
         "retention.bytes": "5000",
-        "cleanup.policy": "delete",
+        "cleanup.policy": "compact",
     }
 
 

@@ -286,7 +286,7 @@ def test_config_becomes_broker_variables_the_broker_reads() -> None:
                 "num.partitions": "6",
                 "auto.create.topics.enable": "FALSE",
                 "min.insync.replicas": "2",
-                "log.cleanup.policy": "delete",
+                "log.cleanup.policy": "compact, delete",
             }
         },
         IMAGE,
@@ -297,8 +297,10 @@ def test_config_becomes_broker_variables_the_broker_reads() -> None:
         "BROOK_NUM_PARTITIONS": "6",
         "BROOK_AUTO_CREATE_TOPICS": "false",
         "BROOK_MIN_INSYNC_REPLICAS": "2",
+        "BROOK_LOG_CLEANUP_POLICY": "compact,delete",
     }
     config = load_config([], env)
+    assert config.log_cleanup_policy == "compact,delete"
     assert (config.log_retention_ms, config.num_partitions) == (3600000, 6)
     assert (config.auto_create_topics, config.min_insync_replicas) == (False, 2)
     assert objects({"config": {"num.partitions": "6"}})["ConfigMap/kafka-config"]["data"] == {
@@ -316,7 +318,7 @@ def test_config_becomes_broker_variables_the_broker_reads() -> None:
         ({"num.partitions": "0"}, "invalid value '0' for num.partitions: expected a number"),
         ({"log.retention.ms": "-2"}, "invalid value '-2' for log.retention.ms"),
         ({"auto.create.topics.enable": "yes please"}, "expected true or false"),
-        ({"log.cleanup.policy": "compact"}, "compaction is not supported yet"),
+        ({"log.cleanup.policy": "shrink"}, "Every policy must be one of: compact, delete"),
         ({"compression.type": "gzip"}, "only producer is supported"),
         ({"default.replication.factor": "5"}, "default.replication.factor 5 is above the 3"),
     ],

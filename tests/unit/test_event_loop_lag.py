@@ -15,9 +15,10 @@ def _observed_above(bound: float) -> float:
         for sample in family.samples:
             if sample.name == "brook_event_loop_lag_seconds_count":
                 total = sample.value
-            elif sample.name == "brook_event_loop_lag_seconds_bucket" and float(
-                sample.labels["le"]
-            ) == bound:
+            elif (
+                sample.name == "brook_event_loop_lag_seconds_bucket"
+                and float(sample.labels["le"]) == bound
+            ):
                 at_most = sample.value
     return total - at_most
 

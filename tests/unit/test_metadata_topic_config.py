@@ -40,6 +40,10 @@ def test_every_supported_config_has_a_default_and_documentation() -> None:
         "message.timestamp.type",
         "unclean.leader.election.enable",
         "compression.type",
+        "min.cleanable.dirty.ratio",
+        "min.compaction.lag.ms",
+        "max.compaction.lag.ms",
+        "delete.retention.ms",
     }
     for entry in describe_topic({}, broker):
         assert entry.value is not None and entry.documentation
@@ -87,9 +91,12 @@ def test_values_are_normalized() -> None:
             "String must be one of: CreateTime, LogAppendTime",
         ),
         ("unclean.leader.election.enable", "yes", "either true or false"),
-        ("cleanup.policy", "compact", "compaction is not supported yet"),
-        ("cleanup.policy", "delete,compact", "compaction is not supported yet"),
-        ("cleanup.policy", "", "the only supported cleanup.policy is delete"),
+        ("cleanup.policy", "compact,shrink", "Every policy must be one of: compact, delete"),
+        ("cleanup.policy", "", "Every policy must be one of: compact, delete"),
+        ("min.cleanable.dirty.ratio", "1.5", "Value must be between 0 and 1"),
+        ("min.cleanable.dirty.ratio", "half", "Not a number of type DOUBLE"),
+        ("max.compaction.lag.ms", "0", "Value must be at least 1"),
+        ("delete.retention.ms", "-1", "Value must be at least 0"),
         ("compression.type", "zstd", "only producer is supported"),
     ],
 )

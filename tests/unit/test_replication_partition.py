@@ -17,9 +17,9 @@ from brook_broker.metadata.commands import AlterPartition
 from brook_broker.metadata.errors import ApiError
 from brook_broker.metadata.model import PartitionState
 from brook_broker.replication.partition import ISR_RETRY_SECONDS, Partition, Role
-from brook_broker.replication.throttle import TokenBucket
 from brook_broker.storage.batch import validate_batches
 from brook_broker.storage.log import LogConfig, PartitionLog
+from brook_broker.throttle import TokenBucket
 from kio.schema.errors import ErrorCode
 
 from tests.support.batches import BASE_TIME_MS, make_batch

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from brook_broker.storage.batch import InvalidBatch, iter_headers, validate_batches
 from brook_broker.storage.leader_epochs import CHECKPOINT_FILE
-from brook_broker.storage.log import LogConfig, PartitionLog
+from brook_broker.storage.log import LogConfig, OffsetOutOfRange, PartitionLog
 
 from tests.support.batches import BASE_TIME_MS, make_batch, split_batches
 
@@ -155,19 +155,20 @@ def test_restart_at_drops_everything(tmp_path: Path) -> None:
     assert open_log(tmp_path / "orders-0").log_start_offset == 500
 
 
-def test_delete_segments_before_follows_the_leaders_log_start(tmp_path: Path) -> None:
+def test_the_log_start_follows_the_leaders_within_the_high_watermark(tmp_path: Path) -> None:
     log = open_log(tmp_path / "orders-0", segment_bytes=300)
     lead(log, 1, 6)
     lead(log, 2, 6)
     bases = sorted(int(path.stem) for path in log.directory.glob("*.log"))
     assert bases == [0, 4, 8, 12, 16, 20]
     log.high_watermark = 4
-    assert log.delete_segments_before(8) == 1  # never past the high watermark
-    assert log.log_start_offset == 4
+    with pytest.raises(OffsetOutOfRange):  # never past the high watermark
+        log.increment_log_start_offset(8, "the leader's log start offset")
     log.high_watermark = log.log_end_offset
-    assert log.delete_segments_before(9) == 1  # only segments that end by then
-    assert log.log_start_offset == 8
-    assert log.leader_epochs.entries == [(1, 8), (2, 12)]
+    assert log.increment_log_start_offset(9, "the leader's log start offset")
+    assert log.log_start_offset == 9
+    assert sorted(int(path.stem) for path in log.directory.glob("*.log")) == bases[2:]
+    assert log.leader_epochs.entries == [(1, 9), (2, 12)]
 
 
 def test_recovery_trims_the_checkpoint_to_the_recovered_log(tmp_path: Path) -> None:

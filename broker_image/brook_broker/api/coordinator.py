@@ -12,7 +12,7 @@ from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from ..groups.offsets_topic import OFFSETS_TOPIC, OFFSETS_TOPIC_CONFIGS, partition_for
+from ..groups.offsets_topic import OFFSETS_TOPIC, offsets_topic_configs, partition_for
 from ..metadata.errors import ApiError
 from ..metadata.model import NO_LEADER
 from ..protocol.codec import Request
@@ -94,7 +94,7 @@ async def _ensure_offsets_topic(context: ApiContext) -> None:
             OFFSETS_TOPIC,
             config.offsets_topic_num_partitions,
             replication_factor,
-            OFFSETS_TOPIC_CONFIGS.items(),
+            offsets_topic_configs(config.offsets_topic_segment_bytes).items(),
         )
     except ApiError as error:
         if error.code != ErrorCode.topic_already_exists:

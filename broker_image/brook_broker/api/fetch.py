@@ -50,6 +50,7 @@ async def handle(context: ApiContext, request: Request) -> Mapping[str, Any]:
             fetch_partition.fetch_offset,
             fetch_partition.partition_max_bytes,
             getattr(fetch_partition, "current_leader_epoch", -1),
+            getattr(fetch_partition, "log_start_offset", -1),
         )
         for fetch_topic in body.topics
         for fetch_partition in fetch_topic.partitions

@@ -18,8 +18,13 @@ from dataclasses import dataclass
 
 from ..metadata.topics import OFFSETS_TOPIC as OFFSETS_TOPIC
 
-OFFSETS_TOPIC_CONFIGS = {"retention.ms": "-1", "segment.bytes": str(100 * 1024 * 1024)}
-"""Segments of 100 MiB kept forever: expired offsets are removed by tombstones, not by age."""
+
+def offsets_topic_configs(segment_bytes: int) -> dict[str, str]:
+    """Compacted, as Kafka's: a group's committed offsets and metadata are keyed records,
+    so the topic keeps the latest of each (and expired offsets go by tombstones), and its
+    size follows the live groups and partitions, not the number of commits."""
+    return {"cleanup.policy": "compact", "segment.bytes": str(segment_bytes)}
+
 
 _OFFSET_KEY_VERSION = 1
 _GROUP_KEY_VERSION = 2

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from kio.schema.errors import ErrorCode
 
 from ..config import BrokerConfig
-from ..storage.log import LogConfig
+from ..storage.log import LogConfig, normalize_cleanup_policy
 from .errors import ApiError
 
 INT32 = (-(2**31), 2**31 - 1)
@@ -175,13 +175,14 @@ def _one_of(*allowed: str, explain: Mapping[str, str] | None = None) -> Callable
     return normalize
 
 
-def _cleanup_policy(text: str) -> str:
-    policies = [item.strip() for item in text.split(",") if item.strip()]
-    if "compact" in policies:
-        raise ValueError("compaction is not supported yet; the only cleanup.policy is delete")
-    if set(policies) != {"delete"}:
-        raise ValueError("the only supported cleanup.policy is delete")
-    return "delete"
+def _ratio(text: str) -> str:
+    try:
+        ratio = float(text.strip())
+    except ValueError:
+        raise ValueError("Not a number of type DOUBLE") from None
+    if not 0 <= ratio <= 1:
+        raise ValueError("Value must be between 0 and 1")
+    return str(ratio)
 
 
 def _format(value: object) -> str | None:
@@ -195,12 +196,13 @@ def _format(value: object) -> str | None:
 
 _BUILT_IN_DEFAULTS = {field.name: field.default for field in dataclasses.fields(BrokerConfig)}
 
-_LONG, _INT, _BOOL, _STRING, _LIST = (
+_LONG, _INT, _BOOL, _STRING, _LIST, _DOUBLE = (
     ConfigType.LONG,
     ConfigType.INT,
     ConfigType.BOOLEAN,
     ConfigType.STRING,
     ConfigType.LIST,
+    ConfigType.DOUBLE,
 )
 
 TOPIC_CONFIGS: dict[str, TopicConfigKey] = {
@@ -210,11 +212,63 @@ TOPIC_CONFIGS: dict[str, TopicConfigKey] = {
             "cleanup.policy",
             _LIST,
             "What happens to old segments: delete removes them by retention.ms and "
-            "retention.bytes (compaction is not supported yet).",
+            "retention.bytes; compact keeps the latest record of each key; compact,delete "
+            "does both.",
             BrokerSetting(
-                "log.cleanup.policy", _LIST, "Default cleanup.policy.", constant="delete"
+                "log.cleanup.policy", _LIST, "Default cleanup.policy.", "log_cleanup_policy"
             ),
-            _cleanup_policy,
+            normalize_cleanup_policy,
+        ),
+        TopicConfigKey(
+            "min.cleanable.dirty.ratio",
+            _DOUBLE,
+            "A compacted log is cleaned once the part not yet cleaned is at least this "
+            "share of it.",
+            BrokerSetting(
+                "log.cleaner.min.cleanable.ratio",
+                _DOUBLE,
+                "Default min.cleanable.dirty.ratio.",
+                "log_cleaner_min_cleanable_ratio",
+            ),
+            _ratio,
+        ),
+        TopicConfigKey(
+            "min.compaction.lag.ms",
+            _LONG,
+            "A record stays uncompacted for at least this long after it is written.",
+            BrokerSetting(
+                "log.cleaner.min.compaction.lag.ms",
+                _LONG,
+                "Default min.compaction.lag.ms.",
+                "log_cleaner_min_compaction_lag_ms",
+            ),
+            _integer(INT64, 0),
+        ),
+        TopicConfigKey(
+            "max.compaction.lag.ms",
+            _LONG,
+            "A record is compacted at the latest this long after it is written, whatever "
+            "the dirty ratio.",
+            BrokerSetting(
+                "log.cleaner.max.compaction.lag.ms",
+                _LONG,
+                "Default max.compaction.lag.ms.",
+                "log_cleaner_max_compaction_lag_ms",
+            ),
+            _integer(INT64, 1),
+        ),
+        TopicConfigKey(
+            "delete.retention.ms",
+            _LONG,
+            "How long a tombstone (a record with a null value) stays in a compacted log, "
+            "so consumers reading from the start see the deletion.",
+            BrokerSetting(
+                "log.cleaner.delete.retention.ms",
+                _LONG,
+                "Default delete.retention.ms.",
+                "log_cleaner_delete_retention_ms",
+            ),
+            _integer(INT64, 0),
         ),
         TopicConfigKey(
             "retention.ms",
@@ -434,6 +488,13 @@ def resolve(overrides: Mapping[str, str], broker: BrokerConfig) -> TopicSettings
             index_interval_bytes=number("index.interval.bytes"),
             flush_messages=number("flush.messages"),
             flush_ms=number("flush.ms"),
+            cleanup_policy=effective_value("cleanup.policy", overrides, broker),
+            min_cleanable_dirty_ratio=float(
+                effective_value("min.cleanable.dirty.ratio", overrides, broker)
+            ),
+            min_compaction_lag_ms=number("min.compaction.lag.ms"),
+            max_compaction_lag_ms=number("max.compaction.lag.ms"),
+            delete_retention_ms=number("delete.retention.ms"),
         ),
         max_message_bytes=number("max.message.bytes"),
         log_append_time=effective_value("message.timestamp.type", overrides, broker)

@@ -2,8 +2,9 @@
 ``acks=all`` for the high watermark.
 
 Only v2 batches with a valid CRC32C are stored; each batch must fit the topic's
-``max.message.bytes``. The broker never decompresses or rewrites records: the leader
-assigns offsets and stamps its leader epoch by patching each batch's header.
+``max.message.bytes``. The broker never rewrites records: the leader assigns offsets
+and stamps its leader epoch by patching each batch's header. It reads (and decompresses)
+records only on a compacted topic, where every record must have a key.
 
 With ``acks=all`` a partition is refused (NOT_ENOUGH_REPLICAS, nothing appended) when
 fewer than ``min.insync.replicas`` replicas are in sync as the leader sees them;
@@ -22,7 +23,8 @@ from kio.schema.errors import ErrorCode
 
 from ..metadata.errors import ApiError
 from ..metadata.topic_config import TopicSettings
-from ..storage.batch import TRANSACTIONAL_FLAG, BatchHeader
+from ..storage.batch import TRANSACTIONAL_FLAG, BatchHeader, InvalidBatch
+from ..storage.records import record_keys
 from .producer_state import NO_PRODUCER_ID
 
 TopicPartition = tuple[str, int]
@@ -107,9 +109,16 @@ def check_request(acks: int, transactional_id: str | None) -> None:
         )
 
 
-def check_batches(headers: Sequence[BatchHeader], settings: TopicSettings, partition: str) -> None:
+def check_batches(
+    data: bytes | memoryview,
+    headers: Sequence[BatchHeader],
+    settings: TopicSettings,
+    partition: str,
+) -> None:
     """Refuse batches this leader must not store: too large, control batches (the broker
-    writes those), transactional ones, and producer batches without a sequence."""
+    writes those), transactional ones, producer batches without a sequence, and on a
+    compacted topic any batch holding a record without a key (Kafka's LogValidator)."""
+    position = 0
     for header in headers:
         if header.size > settings.max_message_bytes:
             raise ApiError(
@@ -129,3 +138,20 @@ def check_batches(headers: Sequence[BatchHeader], settings: TopicSettings, parti
                 f"Invalid sequence number {header.base_sequence} in a record batch of "
                 f"producer {header.producer_id} for {partition}",
             )
+        if settings.log.compact:
+            _check_keys(memoryview(data)[position : position + header.size], header, partition)
+        position += header.size
+
+
+def _check_keys(batch: memoryview, header: BatchHeader, partition: str) -> None:
+    """Compaction keeps the latest record of each key: a record without one cannot be
+    compacted, so the whole batch is refused."""
+    try:
+        keyless = any(key is None for key in record_keys(batch, header))
+    except InvalidBatch as invalid:
+        raise ApiError(ErrorCode[invalid.error], str(invalid)) from None
+    if keyless:
+        raise ApiError(
+            ErrorCode.invalid_record,
+            f"Compacted topic cannot accept message without key in topic partition {partition}.",
+        )

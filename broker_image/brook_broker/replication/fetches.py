@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from kio.schema.errors import ErrorCode
 
 from ..storage.log import OffsetOutOfRange
+from ..throttle import TokenBucket
 from .partition import Partition
-from .throttle import TokenBucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,8 @@ class PartitionFetch:
     fetch_offset: int
     partition_max_bytes: int
     current_leader_epoch: int = -1
+    log_start_offset: int = -1
+    """A follower's own log start offset (-1: a consumer, or a version without it)."""
 
 
 @dataclass(slots=True)

@@ -5,8 +5,10 @@ broker's replicas.
 validates batches, checks producer state, appends on the leader and, with ``acks=all``,
 hands back the wait for the high watermark; ``fetch_records`` (consumers and followers)
 records follower positions, reads, and holds a fetch that found too little until an
-append wakes it (``min_bytes``, ``max_wait``). ``leader_partition`` is the check every
-partition-level request shares. The request handlers only decode, call and encode.
+append wakes it (``min_bytes``, ``max_wait``). ``delete_records`` (DeleteRecords) moves
+leaders' log start offsets and hands back the wait for the followers to follow.
+``leader_partition`` is the check every partition-level request shares. The request
+handlers only decode, call and encode.
 
 **Replicas.** It makes this broker's replicas what the cluster metadata says.
 
@@ -24,6 +26,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from kio.schema.errors import ErrorCode
 
@@ -39,12 +42,12 @@ from ..storage.batch import InvalidBatch, validate_batches
 from ..storage.checkpoint import read_high_watermarks, write_high_watermarks
 from ..storage.log import LogConfig, wall_clock_ms
 from ..storage.manager import LogManager
+from ..throttle import TokenBucket
 from .appends import AppendResult, PartitionAppend, TopicPartition, check_batches, check_request
 from .fetcher import ClientFactory, ReplicaFetcher
 from .fetches import FetchedPartition, FetchParams, PartitionFetch, read_partition
 from .notifier import AppendNotifier
 from .partition import Partition, Role
-from .throttle import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,61 @@ _MIN_ISR_CHECK_S = 0.01
 _MAX_ISR_CHECK_S = 1.0
 HIGH_WATERMARK_CHECKPOINT_S = 5.0
 """How often high watermarks are saved (Kafka: replica.high.watermark.checkpoint.interval.ms)."""
+
+
+@dataclass(slots=True)
+class PartitionDeletion:
+    """One partition's answer to DeleteRecords (Kafka's DeleteRecordsPartitionResult)."""
+
+    error_code: ErrorCode = ErrorCode.none
+    low_watermark: int = -1
+
+
+@dataclass(slots=True)
+class _Replicating:
+    answer: PartitionDeletion
+    partition: Partition
+    low_watermark_reached: asyncio.Future[ErrorCode]
+
+
+class RecordDeletions:
+    """What ``ReplicaManager.delete_records`` did: each partition's answer, in the order
+    asked, final once :meth:`replicated` returns (at once unless a follower in the ISR
+    still has to move its log start offset)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.partitions: list[tuple[TopicPartition, PartitionDeletion]] = []
+        self._replicating: list[_Replicating] = []
+        self._deadline = asyncio.get_running_loop().time() + max(timeout_s, 0)
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._replicating)
+
+    def wait_for(self, answer: PartitionDeletion, partition: Partition, offset: int) -> None:
+        self._replicating.append(
+            _Replicating(answer, partition, partition.wait_for_low_watermark(offset))
+        )
+
+    async def replicated(self) -> list[tuple[TopicPartition, PartitionDeletion]]:
+        """Wait (at most until the request's timeout) for the low watermarks, then put
+        each partition's outcome into its answer: its low watermark then;
+        REQUEST_TIMED_OUT with the one it had; NOT_LEADER_OR_FOLLOWER with none."""
+        futures = [waiting.low_watermark_reached for waiting in self._replicating]
+        if not all(future.done() for future in futures):
+            remaining = self._deadline - asyncio.get_running_loop().time()
+            await asyncio.wait(futures, timeout=max(remaining, 0))
+        for waiting in self._replicating:
+            answer, future = waiting.answer, waiting.low_watermark_reached
+            if not future.done():
+                future.cancel()
+                answer.error_code = ErrorCode.request_timed_out
+            elif future.result() == ErrorCode.none:
+                answer.low_watermark = waiting.partition.low_watermark
+            else:
+                answer.error_code, answer.low_watermark = future.result(), -1
+        self._replicating = []
+        return self.partitions
 
 
 class ReplicaManager:
@@ -224,7 +282,7 @@ class ReplicaManager:
             headers = validate_batches(data)
         except InvalidBatch as invalid:
             raise ApiError(ErrorCode[invalid.error], str(invalid)) from None
-        check_batches(headers, settings, f"{topic}-{index}")
+        check_batches(data, headers, settings, f"{topic}-{index}")
         if acks == -1:
             partition.check_enough_replicas()
         try:
@@ -259,7 +317,8 @@ class ReplicaManager:
         reads again. A follower's fetch offsets are its log end offsets: the leader learns
         them first, which moves the high watermark and the ISR; and a follower counts as
         caught up only while it keeps asking within replica.lag.time.max.ms, so its fetch
-        is never held for more than half of that."""
+        is never held for more than half of that. Nor is it held while the follower's log
+        start offset is below the leader's: DeleteRecords waits for it to follow."""
         max_wait = params.max_wait_s
         if params.from_follower:
             self._record_follower_positions(params.replica_id, asked)
@@ -269,7 +328,12 @@ class ReplicaManager:
         while True:
             results, total_bytes, failed = self._read(params, asked)
             remaining = deadline - loop.time()
-            if total_bytes >= params.min_bytes or failed or remaining <= 0:
+            if (
+                total_bytes >= params.min_bytes
+                or failed
+                or remaining <= 0
+                or (params.from_follower and _log_start_moved(asked, results))
+            ):
                 return results
             await self.appends.wait(
                 ((r.topic, r.partition) for r in results),
@@ -281,7 +345,7 @@ class ReplicaManager:
         for fetch in asked:
             partition = self._partitions.get((fetch.topic, fetch.partition))
             if partition is not None and partition.is_leader:
-                partition.follower_fetched(replica_id, fetch.fetch_offset)
+                partition.follower_fetched(replica_id, fetch.fetch_offset, fetch.log_start_offset)
 
     def _read(
         self, params: FetchParams, asked: Sequence[PartitionFetch]
@@ -310,6 +374,50 @@ class ReplicaManager:
             failed = failed or result.error_code != ErrorCode.none
             results.append(result)
         return results, total_bytes, failed
+
+    def delete_records(
+        self, offsets: Iterable[tuple[TopicPartition, int]], *, timeout_s: float
+    ) -> RecordDeletions:
+        """Delete the records below each offset (-1: the high watermark) on the partition's
+        leader, now and in the order given, by moving its log start offset (Kafka's
+        ``ReplicaManager.deleteRecords``); the result's ``replicated()`` waits, at most
+        ``timeout_s``, until the followers in the ISR have moved theirs too.
+
+        Refused per partition: UNKNOWN_TOPIC_OR_PARTITION, INVALID_TOPIC_EXCEPTION on an
+        internal topic, NOT_LEADER_OR_FOLLOWER, POLICY_VIOLATION (cleanup.policy without
+        ``delete``), OFFSET_OUT_OF_RANGE (above the high watermark), KAFKA_STORAGE_ERROR."""
+        result = RecordDeletions(timeout_s)
+        for key, offset in offsets:
+            answer = PartitionDeletion()
+            try:
+                partition, required = self._delete_records(key, offset)
+            except ApiError as error:
+                answer.error_code = error.code
+            else:
+                answer.low_watermark = partition.low_watermark
+                if answer.low_watermark < required:
+                    result.wait_for(answer, partition, required)
+            result.partitions.append((key, answer))
+        return result
+
+    def _delete_records(self, key: TopicPartition, offset: int) -> tuple[Partition, int]:
+        topic, index = key
+        if self.quorum.state.partition(topic, index) is not None and topic in INTERNAL_TOPICS:
+            raise ApiError(
+                ErrorCode.invalid_topic_exception,
+                f"Cannot delete records of internal topic {topic}",
+            )
+        partition = self.leader_partition(topic, index)
+        try:
+            return partition, partition.delete_records(offset)
+        except OSError as error:
+            log.warning(
+                "deleting records failed",
+                extra={"partition": f"{topic}-{index}", "error": str(error)},
+            )
+            raise ApiError(
+                ErrorCode.kafka_storage_error, f"deleting records failed: {error}"
+            ) from None
 
     # --- metadata ------------------------------------------------------------------------
 
@@ -464,3 +572,13 @@ class ReplicaManager:
                 state = partition.state
                 replicas = len(state.replicas) - len(state.adding)
                 yield len(state.isr), replicas, partition.settings.min_insync_replicas
+
+
+def _log_start_moved(asked: Sequence[PartitionFetch], results: Sequence[FetchedPartition]) -> bool:
+    """A follower reported a log start offset below its leader's (moved by DeleteRecords).
+    One answer settles it: the follower takes the leader's log start offset, as far as
+    its own high watermark, which is past it (its fetch offset is not out of range)."""
+    return any(
+        0 <= fetch.log_start_offset < result.log_start_offset
+        for fetch, result in zip(asked, results, strict=True)
+    )

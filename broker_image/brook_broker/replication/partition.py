@@ -12,13 +12,19 @@ at a time; while one is in flight the high watermark counts both ISRs, so it is 
 whichever way the proposal ends.
 
 In every role the replica keeps its idempotent producers' state (``producers``) in step
-with its log: built from the log's batch headers when the replica is created, updated
-by every append (leader or follower), taken back by truncation. A leader checks producer
-batches against it, and answers a retried batch with its original offsets.
+with its log: loaded when the replica is created from the newest snapshot and the batch
+headers after it, updated by every append (leader or follower), taken back by
+truncation, and snapshotted whenever the log rolls a segment and when the replica stops.
+A leader checks producer batches against it, and answers a retried batch with its
+original offsets.
 
 As **follower** it keeps what the replica fetcher needs: the leader and epoch to
 follow, whether the log must first be truncated (after every change of leader or
-epoch), and a pause after an error.
+epoch), and a pause after an error. Its log start offset follows the leader's.
+
+**DeleteRecords** moves the leader's log start offset; the answer waits until the low
+watermark (the lowest log start offset of the leader and the followers in the ISR, as
+their fetches report it) has followed.
 
 Idle means no leader, or leadership that moved and has not reached this broker's
 metadata yet: nothing is served or fetched.
@@ -49,8 +55,8 @@ from ..metadata.errors import ApiError
 from ..metadata.model import NO_LEADER, PartitionState
 from ..metadata.topic_config import TopicSettings, resolve
 from ..storage.batch import BatchHeader, iter_headers
-from ..storage.log import AppendInfo, PartitionLog
-from .producer_state import ProducerStateTable
+from ..storage.log import AppendInfo, OffsetOutOfRange, PartitionLog
+from .producer_state import ProducerStateTable, delete_snapshots
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,8 @@ class Notify(Protocol):
 ISR_RETRY_SECONDS = 1.0
 """After a refused or failed ISR proposal, propose again only after this long or after
 the next metadata change, whichever comes first."""
+HIGH_WATERMARK = -1
+"""DeleteRecords' offset meaning "everything below the high watermark"."""
 PRODUCER_EXPIRATION_CHECK_SECONDS = 600.0
 """Kafka's ``producer.id.expiration.check.interval.ms`` default: how often appends look
 for producers to forget."""
@@ -98,6 +106,8 @@ class FollowerProgress:
     """When the follower last had everything the leader had (monotonic seconds)."""
     last_fetch: float = 0.0
     last_fetch_leader_end_offset: int = -1
+    log_start_offset: int = -1
+    """-1 until the follower reports it in a fetch to this leader."""
 
 
 class Partition:
@@ -137,6 +147,8 @@ class Partition:
         self.followers: dict[int, FollowerProgress] = {}
         self._epoch_start_offset = 0
         self._waiters: deque[tuple[int, asyncio.Future[ErrorCode]]] = deque()
+        self._deletions: list[tuple[int, asyncio.Future[ErrorCode]]] = []
+        """DeleteRecords answers waiting for the low watermark to reach their offset."""
         self._pending_isr: tuple[int, ...] | None = None
         self._isr_task: asyncio.Task[None] | None = None
         self._isr_retry_at = 0.0
@@ -148,7 +160,13 @@ class Partition:
         was asked for under an older one is dropped."""
         self.paused_until = 0.0
         self.producers = ProducerStateTable(f"{topic}-{index}")
-        self.producers.load(log.batch_headers())
+        self._snapshot_offset = self.producers.load_snapshot(
+            log.directory, log.log_start_offset, log.log_end_offset
+        )
+        """Where a restart would start reading batch headers: the newest snapshot's offset
+        (or the log start offset)."""
+        self.producers.load(log.batch_headers(self._snapshot_offset))
+        self._active_segment = log.active_segment_base_offset
         self._producer_expiration_due = clock() + PRODUCER_EXPIRATION_CHECK_SECONDS
         # The log may hold uncommitted data beyond what was committed when this broker
         # last saved its high watermarks (``high_watermark``): the rest is committed once
@@ -176,6 +194,7 @@ class Partition:
             else:
                 self._track_followers(state)
                 self._advance_high_watermark()
+                self._complete_deletions()  # the ISR may have lost a follower still behind
         elif state.leader == NO_LEADER or self.node_id not in state.replicas:
             self._become_idle()
         elif (
@@ -186,10 +205,14 @@ class Partition:
             self._become_follower(state)
 
     def stop(self) -> None:
-        """The replica goes away (deleted or the broker stops)."""
+        """The replica goes away (deleted or the broker stops): a snapshot of its producers
+        spares the next start reading the batch headers since the last one."""
         self._become_idle()
         if self._isr_task is not None:
             self._isr_task.cancel()
+        end = self.log.log_end_offset
+        if end > max(self._snapshot_offset, self.log.log_start_offset):
+            self._write_snapshot(end)
 
     def _become_leader(self, state: PartitionState) -> None:
         now = self._clock()
@@ -303,6 +326,7 @@ class Partition:
                 0,
                 duplicate.timestamp if log_append_time else -1,
             )
+        end = self.log.log_end_offset
         info = self.log.append(
             records,
             headers,
@@ -310,6 +334,7 @@ class Partition:
             leader_epoch=self.leader_epoch,
             log_append_time=log_append_time,
         )
+        self._snapshot_if_rolled(end)
         offset = info.base_offset
         for header in headers:
             timestamp = now_ms if log_append_time else header.max_timestamp
@@ -321,10 +346,46 @@ class Partition:
         return info
 
     def _expire_producers(self, now_ms: int) -> None:
+        """Now and then forget expired producers, and the snapshots that retention or
+        DeleteRecords left below the log start offset."""
         now = self._clock()
         if now >= self._producer_expiration_due:
             self._producer_expiration_due = now + PRODUCER_EXPIRATION_CHECK_SECONDS
-            self.producers.remove_expired(now_ms, self.log.log_start_offset)
+            start = self.log.log_start_offset
+            self.producers.remove_expired(now_ms, start)
+            self._delete_snapshots(lambda snapshot: snapshot < start)
+
+    def _snapshot_if_rolled(self, end_offset: int) -> None:
+        """After an append that went into a new active segment: snapshot the producers as
+        they were before it, at ``end_offset`` (the log end offset then, which is the new
+        segment's base offset), as Kafka does at each roll."""
+        active = self.log.active_segment_base_offset
+        if active != self._active_segment:
+            self._active_segment = active
+            self._write_snapshot(end_offset)
+
+    def _write_snapshot(self, offset: int) -> None:
+        """A snapshot only saves reading the log: one that fails is worth a warning."""
+        try:
+            self.producers.write_snapshot(self.log.directory, offset, self.log.log_start_offset)
+        except OSError:
+            log.warning(
+                "%s-%d: writing the producer snapshot at offset %d failed",
+                self.topic,
+                self.index,
+                offset,
+                exc_info=True,
+            )
+        else:
+            self._snapshot_offset = offset
+
+    def _delete_snapshots(self, doomed: Callable[[int], bool]) -> None:
+        try:
+            delete_snapshots(self.log.directory, doomed)
+        except OSError:
+            log.warning(
+                "%s-%d: deleting producer snapshots failed", self.topic, self.index, exc_info=True
+            )
 
     def wait_for_commit(self, offset: int) -> asyncio.Future[ErrorCode]:
         """A future that resolves once the high watermark reaches ``offset``: to
@@ -348,17 +409,95 @@ class Partition:
 
     def _fail_waiters(self, code: ErrorCode) -> None:
         waiters, self._waiters = self._waiters, deque()
-        for _, future in waiters:
+        deletions, self._deletions = self._deletions, []
+        for _, future in (*waiters, *deletions):
             if not future.done():
                 future.set_result(code)
 
+    # --- leader: deleting records -------------------------------------------------------
+
+    def delete_records(self, offset: int) -> int:
+        """DeleteRecords as leader: records below ``offset`` (-1: the high watermark) are
+        deleted by moving the log start offset there. Returns that offset, which the low
+        watermark must reach before the deletion is answered.
+
+        Refused (ApiError) with POLICY_VIOLATION on a topic whose cleanup.policy lacks
+        ``delete``, and with OFFSET_OUT_OF_RANGE below 0 or above the high watermark."""
+        name = f"{self.topic}-{self.index}"
+        if not self.settings.log.delete:
+            raise ApiError(
+                ErrorCode.policy_violation,
+                f"Records of partition {name} can not be deleted due to the configured policy",
+            )
+        requested = self.log.high_watermark if offset == HIGH_WATERMARK else offset
+        if requested < 0:
+            raise ApiError(
+                ErrorCode.offset_out_of_range,
+                f"The offset {requested} for partition {name} is not valid",
+            )
+        try:
+            self.log.increment_log_start_offset(requested, "records deleted by a client")
+        except OffsetOutOfRange:
+            raise ApiError(
+                ErrorCode.offset_out_of_range,
+                f"Cannot increment the log start offset to {requested} of partition {name} "
+                f"since it is larger than the high watermark {self.log.high_watermark}",
+            ) from None
+        # Followers' waiting fetches wake too: they have a log start offset to take.
+        self._notify(self.topic, self.index, appended=True)
+        self._complete_deletions()
+        return requested
+
+    @property
+    def low_watermark(self) -> int:
+        """As leader: the lowest log start offset of this replica and of the followers in
+        the ISR (-1 while one of them has not reported its own). Kafka counts every replica
+        on a live broker; a follower outside the ISR may be down for good, and once it
+        fetches again its log start offset follows this one anyway."""
+        low = self.log.log_start_offset
+        for replica in self.state.isr:
+            if replica != self.node_id:
+                progress = self.followers.get(replica)
+                low = min(low, -1 if progress is None else progress.log_start_offset)
+        return low
+
+    def wait_for_low_watermark(self, offset: int) -> asyncio.Future[ErrorCode]:
+        """A future that resolves once the low watermark reaches ``offset``: to
+        ``ErrorCode.none``, or to NOT_LEADER_OR_FOLLOWER if this broker stops leading."""
+        future: asyncio.Future[ErrorCode] = asyncio.get_running_loop().create_future()
+        if not self.is_leader:
+            future.set_result(ErrorCode.not_leader_or_follower)
+        elif self.low_watermark >= offset:
+            future.set_result(ErrorCode.none)
+        else:
+            self._deletions.append((offset, future))
+        return future
+
+    def _complete_deletions(self) -> None:
+        """Answer the deletions whose offset the low watermark reached (or gave up on)."""
+        if not self._deletions or not self.is_leader:
+            return
+        low = self.low_watermark
+        waiting = []
+        for offset, future in self._deletions:
+            if future.done():
+                continue
+            if low >= offset:
+                future.set_result(ErrorCode.none)
+            else:
+                waiting.append((offset, future))
+        self._deletions = waiting
+
     # --- leader: followers and the high watermark ---------------------------------------
 
-    def follower_fetched(self, replica: int, fetch_offset: int) -> None:
-        """A follower asks for ``fetch_offset``: it holds everything below it."""
+    def follower_fetched(self, replica: int, fetch_offset: int, log_start_offset: int = -1) -> None:
+        """A follower asks for ``fetch_offset``: it holds everything below it, from
+        ``log_start_offset`` (-1: a fetch version that does not say)."""
         progress = self.followers.get(replica)
         if progress is None or fetch_offset > self.log.log_end_offset:
             return
+        progress.log_start_offset = log_start_offset
+        self._complete_deletions()
         now = self._clock()
         leader_end = self.log.log_end_offset
         if fetch_offset >= leader_end:
@@ -483,13 +622,17 @@ class Partition:
 
     def append_as_follower(self, records: bytes | memoryview, *, now_ms: int) -> AppendInfo:
         """Append batches fetched from the leader, and record their producers' batches."""
+        self._start_at_first_batch(records)
+        end = self.log.log_end_offset
         info = self.log.append_as_follower(records, now_ms=now_ms)
-        if info.record_count:
-            for _, header in iter_headers(records):
-                if header.base_offset > info.last_offset:
-                    break
-                self.producers.record(header, header.base_offset, header.max_timestamp)
-            self._expire_producers(now_ms)
+        self._snapshot_if_rolled(end)
+        # Every batch counts, even one without records: the cleaner keeps a producer's
+        # last batch, emptied, for its sequence number.
+        for _, header in iter_headers(records):
+            if header.base_offset > info.last_offset:
+                break
+            self.producers.record(header, header.base_offset, header.max_timestamp)
+        self._expire_producers(now_ms)
         return info
 
     def truncate_to(self, offset: int) -> None:
@@ -501,8 +644,11 @@ class Partition:
         if end == before:
             return
         if end == self.log.log_start_offset:
-            self.producers.clear()
+            self._forget_producers()
             return
+        self._active_segment = self.log.active_segment_base_offset
+        self._snapshot_offset = min(self._snapshot_offset, end)
+        self._delete_snapshots(lambda snapshot: snapshot > end)
         lost = self.producers.truncate(end)
         if lost:
             self.producers.recover(lost, self.log.batch_headers, self.log.log_start_offset, end)
@@ -510,11 +656,41 @@ class Partition:
     def restart_at(self, offset: int) -> None:
         """Drop the whole log and continue at ``offset`` (see ``PartitionLog.restart_at``)."""
         self.log.restart_at(offset)
+        self._forget_producers()
+
+    def _forget_producers(self) -> None:
+        """The log holds no batch any more: no producer, no snapshot."""
         self.producers.clear()
+        self._delete_snapshots(lambda snapshot: True)
+        self._active_segment = self.log.active_segment_base_offset
+        self._snapshot_offset = self.log.log_start_offset
+
+    def _start_at_first_batch(self, records: bytes | memoryview) -> None:
+        """An empty log that starts at the leader's log start offset, where that lies
+        inside a batch (after DeleteRecords), gets that whole batch from the leader: the
+        log restarts at the batch's base offset, and its log start offset moves up to
+        the leader's again once the batch is in (``follower_appended``)."""
+        log_ = self.log
+        if log_.log_end_offset != log_.log_start_offset:
+            return
+        for _, header in iter_headers(records):
+            if header.base_offset < log_.log_end_offset <= header.last_offset:
+                log.info(
+                    "%s-%d: the leader's first batch starts at offset %d, below this log's "
+                    "start %d: starting the log there",
+                    self.topic,
+                    self.index,
+                    header.base_offset,
+                    log_.log_end_offset,
+                )
+                self.restart_at(header.base_offset)
+            return
 
     def follower_appended(self, leader_high_watermark: int, leader_log_start_offset: int) -> None:
         """After a fetch from the leader: its high watermark, as far as this log has it,
-        and its log start offset, which this log follows."""
+        and its log start offset, which this log follows (even to inside a segment), as
+        far as this replica's high watermark."""
         self.log.high_watermark = min(leader_high_watermark, self.log.log_end_offset)
-        if leader_log_start_offset > self.log.log_start_offset:
-            self.log.delete_segments_before(leader_log_start_offset)
+        self.log.increment_log_start_offset(
+            min(leader_log_start_offset, self.log.high_watermark), "the leader's log start offset"
+        )

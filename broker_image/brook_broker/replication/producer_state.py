@@ -9,8 +9,15 @@ being written again; a batch that does not follow the last sequence leaves a gap
 producer (INVALID_PRODUCER_EPOCH).
 
 Followers record every batch they replicate, so a new leader already knows what its
-producers wrote; a broker that starts rebuilds the table from the batch headers of its
-log, and a log cut back by truncation takes the table back with it.
+producers wrote; a log cut back by truncation takes the table back with it.
+
+A broker that starts rebuilds the table from its log. Reading every batch header of a
+long log takes seconds, so, as Kafka does, the table is saved as a snapshot
+``<offset>.snapshot`` in the partition directory whenever the log rolls a segment and
+when the replica stops: the table as of ``offset``, the log end offset at that moment. A
+restart loads the newest valid snapshot and reads only the batch headers after it. A
+snapshot carries a version and a CRC32C, so a torn or corrupt one is noticed, deleted and
+passed over for an older one, or for a scan of the whole log.
 
 Sequence numbers run to 2**31 - 1 and continue at 0, as Kafka's do. As in Kafka before
 transactions v2, a producer the table does not know (its batches expired or were
@@ -19,14 +26,23 @@ deleted by retention) may continue at any sequence number.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from crc32c import crc32c
 from kio.schema.errors import ErrorCode
 
 from ..metadata.errors import ApiError
 from ..storage.batch import BatchHeader
+from ..storage.checkpoint import write_atomically
+from ..storage.segment import segment_file
+
+logger = logging.getLogger(__name__)
 
 NUM_BATCHES_TO_RETAIN = 5
 """Clients keep at most five requests in flight per partition with idempotence on, so
@@ -41,6 +57,14 @@ RECOVERY_WINDOW_OFFSETS = 1024
 """How far back from a truncation ``recover`` reads first; each further window is
 ``RECOVERY_WINDOW_GROWTH`` times longer."""
 RECOVERY_WINDOW_GROWTH = 8
+SNAPSHOT_SUFFIX = ".snapshot"
+SNAPSHOTS_RETAINED = 2
+"""The newest snapshots kept: the one before the latest is the fallback if the latest
+turns out corrupt."""
+_SNAPSHOT_VERSION = 1
+_SNAPSHOT_NAME = re.compile(r"^(\d{20})\.snapshot$")
+_BATCH_FIELDS = 5
+"""Numbers per BatchMetadata in a snapshot line."""
 
 
 def last_sequence(header: BatchHeader) -> int:
@@ -225,3 +249,112 @@ class ProducerStateTable:
 
     def clear(self) -> None:
         self.producers.clear()
+
+    def write_snapshot(self, directory: Path, offset: int, log_start_offset: int) -> None:
+        """Save the table as the producers' state of the log below ``offset``, crash-safely;
+        of the older snapshots only the newest ones at or above ``log_start_offset`` stay.
+
+        A snapshot is text: a line ``<version> <crc32c of the rest>``, then a line per
+        producer, ``<id> <epoch>`` followed by five numbers per remembered batch (first
+        and last sequence, first and last offset, timestamp), oldest first."""
+        lines = (
+            " ".join(map(str, (producer_id, entry.epoch, *_batch_numbers(entry))))
+            for producer_id, entry in self.producers.items()
+        )
+        body = "".join(line + "\n" for line in lines)
+        write_atomically(
+            snapshot_file(directory, offset),
+            f"{_SNAPSHOT_VERSION} {crc32c(body.encode())}\n{body}",
+        )
+        newest = set(snapshot_offsets(directory)[-SNAPSHOTS_RETAINED:])
+        delete_snapshots(
+            directory, lambda snapshot: snapshot not in newest or snapshot < log_start_offset
+        )
+
+    def load_snapshot(self, directory: Path, log_start_offset: int, log_end_offset: int) -> int:
+        """Replace the table by the newest valid snapshot between the log start and end
+        offsets, and return its offset: the log's batches from there on are still to be
+        recorded (all of them, from ``log_start_offset``, if there is no snapshot).
+
+        Snapshots outside that range are deleted: those above were left by a tail cut
+        since (a crash or truncation), those below by deleted records. Batches below the
+        log start offset are left out, as a scan of the log would not find them."""
+        self.clear()
+        delete_snapshots(
+            directory, lambda snapshot: not log_start_offset <= snapshot <= log_end_offset
+        )
+        for offset in reversed(snapshot_offsets(directory)):
+            path = snapshot_file(directory, offset)
+            try:
+                self.producers = _read_snapshot(path, log_start_offset)
+            except (OSError, ValueError) as error:
+                logger.warning(
+                    "%s: ignoring %s, which cannot be read: %s", self.partition, path, error
+                )
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            logger.info(
+                "%s: loaded %d producers from the snapshot at offset %d",
+                self.partition,
+                len(self.producers),
+                offset,
+            )
+            return offset
+        return log_start_offset
+
+
+def snapshot_file(directory: Path, offset: int) -> Path:
+    return segment_file(directory, offset, SNAPSHOT_SUFFIX)
+
+
+def snapshot_offsets(directory: Path) -> list[int]:
+    """Offsets of the snapshots in ``directory``, ascending."""
+    return sorted(
+        int(match.group(1))
+        for match in map(_SNAPSHOT_NAME.match, (path.name for path in directory.iterdir()))
+        if match is not None
+    )
+
+
+def delete_snapshots(directory: Path, doomed: Callable[[int], bool]) -> None:
+    """Delete the snapshots whose offsets are ``doomed``, without syncing the directory:
+    the log syncs it after a truncation, and a crash before that undoes the truncation
+    too (a snapshot above the log end offset is then deleted again on load)."""
+    for offset in snapshot_offsets(directory):
+        if doomed(offset):
+            snapshot_file(directory, offset).unlink(missing_ok=True)
+
+
+def _batch_numbers(entry: ProducerEntry) -> Iterable[int]:
+    """A snapshot line's numbers for each batch, in BatchMetadata's field order."""
+    for batch in entry.batches:
+        yield batch.first_sequence
+        yield batch.last_sequence
+        yield batch.first_offset
+        yield batch.last_offset
+        yield batch.timestamp
+
+
+def _read_snapshot(path: Path, log_start_offset: int) -> dict[int, ProducerEntry]:
+    """The producers a snapshot holds, without batches below ``log_start_offset``; raises
+    ValueError if it is not a whole snapshot of this version."""
+    head, _, body = path.read_text().partition("\n")
+    version, crc = map(int, head.split())
+    if version != _SNAPSHOT_VERSION:
+        raise ValueError(f"version {version} is not {_SNAPSHOT_VERSION}")
+    if crc32c(body.encode()) != crc:
+        raise ValueError("its CRC does not match its contents")
+    producers: dict[int, ProducerEntry] = {}
+    for line in body.splitlines():
+        producer_id, epoch, *numbers = map(int, line.split())
+        if not numbers or len(numbers) % _BATCH_FIELDS:
+            raise ValueError(f"producer {producer_id} has {len(numbers)} batch numbers")
+        entry = ProducerEntry(epoch)
+        for start in range(0, len(numbers), _BATCH_FIELDS):
+            batch = BatchMetadata(*numbers[start : start + _BATCH_FIELDS])
+            if batch.last_offset >= log_start_offset:
+                entry.batches.append(batch)
+        if entry.batches:
+            producers[producer_id] = entry
+    return producers

@@ -2,10 +2,12 @@
 
 Only the last (active) segment takes appends. It is rolled when full (``segment.bytes``)
 or old (``segment.ms``); retention deletes whole segments from the oldest end, which is
-what moves the log start offset. On open the active segment is checked batch by batch
-(CRC included) and a torn or corrupt tail is cut, so the log end offset is the end of
-the last whole, valid batch; data written before a crash or ``kill -9`` is in the page
-cache and survives.
+what moves the log start offset. DeleteRecords (and a follower following its leader)
+moves it too, also to inside a segment: then it is kept in a checkpoint file of the
+partition directory, and the segments wholly below it are deleted. On open the active
+segment is checked batch by batch (CRC included) and a torn or corrupt tail is cut, so
+the log end offset is the end of the last whole, valid batch; data written before a
+crash or ``kill -9`` is in the page cache and survives.
 
 A PartitionLog is not thread-safe: the broker calls it from its event loop only.
 """
@@ -31,9 +33,10 @@ from .batch import (
     set_leader_epoch,
     set_log_append_time,
 )
-from .checkpoint import fsync_path
+from .checkpoint import fsync_path, write_atomically
 from .leader_epochs import LeaderEpochCache
 from .segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, AppendedBatch, Buffer, Segment
+from .swap import finish_interrupted_swaps, install
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +46,26 @@ _STAMPED = 16
 _MAX_RELATIVE = 2**31 - 1
 """Relative offsets and positions in a segment stay within a signed 32-bit int, as in Kafka."""
 _SEGMENT_NAME = re.compile(r"^(\d{20})(\.log|\.index|\.timeindex)$")
+LOG_START_OFFSET_FILE = "log-start-offset-checkpoint"
+"""The log start offset, where it lies above the first segment's base offset."""
+_LOG_START_OFFSET_VERSION = 0
 
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+CLEANUP_POLICIES = ("compact", "delete")
+
+
+def normalize_cleanup_policy(text: str) -> str:
+    """``cleanup.policy`` as stored and shown: its policies, each once, comma-separated in
+    a fixed order; raises ValueError naming what is wrong."""
+    policies = {item.strip() for item in text.split(",") if item.strip()}
+    unknown = policies - set(CLEANUP_POLICIES)
+    if unknown or not policies:
+        raise ValueError(f"Every policy must be one of: {', '.join(CLEANUP_POLICIES)}")
+    return ",".join(policy for policy in CLEANUP_POLICIES if policy in policies)
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,20 @@ class LogConfig:
     index_interval_bytes: int = 4096
     flush_messages: int = -1  # -1: never fsync by count
     flush_ms: int = -1  # -1: never fsync by time
+    cleanup_policy: str = "delete"  # "delete", "compact" or "compact,delete"
+    min_cleanable_dirty_ratio: float = 0.5
+    min_compaction_lag_ms: int = 0
+    max_compaction_lag_ms: int = 2**63 - 1
+    delete_retention_ms: int = DAY_MS  # how long tombstones stay once cleaned
+
+    @property
+    def compact(self) -> bool:
+        return "compact" in self.cleanup_policy
+
+    @property
+    def delete(self) -> bool:
+        """Retention by time and size applies (a compact-only topic keeps every key)."""
+        return "delete" in self.cleanup_policy
 
 
 class OffsetOutOfRange(Exception):
@@ -106,6 +139,7 @@ class PartitionLog:
         self.config = config
         self._segments = segments
         self._bases = [segment.base_offset for segment in segments]
+        self._log_start_offset = _read_log_start_offset(directory)
         self.high_watermark = self.log_end_offset
         self.leader_epochs = LeaderEpochCache(directory)
         self.leader_epochs.truncate_from_end(self.log_end_offset)
@@ -117,8 +151,10 @@ class PartitionLog:
 
     @classmethod
     def open(cls, directory: Path, topic: str, partition: int, config: LogConfig) -> PartitionLog:
-        """Open (or create) the log in ``directory``, recovering its active segment."""
+        """Open (or create) the log in ``directory``, recovering its active segment and
+        finishing or discarding a swap of cleaned segments that a crash interrupted."""
         directory.mkdir(parents=True, exist_ok=True)
+        finish_interrupted_swaps(directory)
         now_ms = wall_clock_ms()
         bases = _segment_base_offsets(directory)
         segments: list[Segment] = []
@@ -161,11 +197,19 @@ class PartitionLog:
 
     @property
     def log_start_offset(self) -> int:
-        return self._segments[0].base_offset
+        """The first offset readers may fetch: the first segment's base offset, or above it
+        once records were deleted before an offset inside it; never past the log end (a
+        cut tail may end below it, until the log grows again)."""
+        return min(max(self._log_start_offset, self._segments[0].base_offset), self.log_end_offset)
 
     @property
     def log_end_offset(self) -> int:
         return self._segments[-1].next_offset
+
+    @property
+    def active_segment_base_offset(self) -> int:
+        """Base offset of the segment that takes appends (it changes when the log rolls)."""
+        return self._segments[-1].base_offset
 
     @property
     def size_bytes(self) -> int:
@@ -231,8 +275,9 @@ class PartitionLog:
         """Append batches fetched from the leader exactly as they are, offsets included.
 
         Every whole batch is checked (header and CRC); a cut batch at the end, as a fetch
-        may return, is left out. The first batch must start at the log end offset. Leader
-        epochs met for the first time are recorded in the checkpoint.
+        may return, is left out. The first batch must start at or after the log end offset:
+        the leader's log may be compacted, so offsets may skip. Leader epochs met for the
+        first time are recorded in the checkpoint.
         """
         view = memoryview(records)
         appended: list[AppendedBatch] = []
@@ -242,9 +287,7 @@ class PartitionLog:
         record_count = 0
         end = 0
         for position, header in iter_headers(view):
-            if header.base_offset < next_offset or (
-                not appended and header.base_offset != next_offset
-            ):
+            if header.base_offset < next_offset:
                 raise InvalidBatch(
                     f"{self.topic}-{self.partition}: fetched batch at offset "
                     f"{header.base_offset} does not follow offset {next_offset}"
@@ -355,16 +398,41 @@ class PartitionLog:
         self._directory_dirty = True
         self.leader_epochs.clear()
         self.high_watermark = offset
+        if self._log_start_offset != offset:
+            self._checkpoint_log_start_offset(offset)
         logger.info("%s-%d: restarted the log at offset %d", self.topic, self.partition, offset)
 
-    def delete_segments_before(self, offset: int) -> int:
-        """Delete the oldest segments that end at or before ``offset`` (on a follower: the
-        leader's log start offset), never past the high watermark; returns how many."""
-        return self._delete_oldest(
-            lambda segment, end_offset: end_offset <= offset,
-            wall_clock_ms(),
-            "the leader's log start offset",
+    def increment_log_start_offset(self, offset: int, reason: str) -> bool:
+        """Move the log start offset up to ``offset`` (Kafka's
+        ``maybeIncrementLogStartOffset``): records below it are no longer read, and the
+        segments wholly below it are deleted. Returns whether it moved.
+
+        Raises OffsetOutOfRange above the high watermark: what is not committed yet may
+        still be cut. The new start is checkpointed before any segment goes, so a crash
+        in between leaves segments no reader sees rather than deleted records back."""
+        if offset > self.high_watermark:
+            raise OffsetOutOfRange(offset, self.log_start_offset, self.high_watermark)
+        if offset <= self.log_start_offset:
+            return False
+        self._checkpoint_log_start_offset(offset)
+        self._delete_oldest(
+            lambda segment, end_offset: end_offset <= offset, wall_clock_ms(), reason
         )
+        self.leader_epochs.truncate_from_start(self.log_start_offset)
+        logger.info(
+            "%s-%d: log start offset is now %d (%s)",
+            self.topic,
+            self.partition,
+            self.log_start_offset,
+            reason,
+        )
+        return True
+
+    def _checkpoint_log_start_offset(self, offset: int) -> None:
+        write_atomically(
+            self.directory / LOG_START_OFFSET_FILE, f"{_LOG_START_OFFSET_VERSION}\n{offset}\n"
+        )
+        self._log_start_offset = offset
 
     def _after_truncation(self) -> None:
         self.leader_epochs.truncate_from_end(self.log_end_offset)
@@ -375,6 +443,46 @@ class PartitionLog:
         active = self._segments[-1]
         if active.size and now_ms - active.created_ms >= self.config.segment_ms:
             self._roll(now_ms)
+
+    # Compaction
+
+    def sealed_segments(self) -> list[Segment]:
+        """The segments that take no more appends (all but the active one), oldest first:
+        the cleaner rewrites only these."""
+        return self._segments[:-1]
+
+    def replace_segments(
+        self, old: Sequence[Segment], sizes: Sequence[int], cleaning: Path
+    ) -> bool:
+        """Put the segment the cleaner wrote into ``cleaning`` in place of ``old``, a run
+        of sealed segments that had ``sizes`` when the cleaner read them, crash-safely (see
+        ``storage.swap``). Refused, and ``cleaning`` removed, if those segments changed
+        meanwhile (retention or truncation got there first)."""
+        first = next((i for i, segment in enumerate(self._segments) if segment is old[0]), -1)
+        last = first + len(old)
+        if (
+            self._closed
+            or first < 0
+            or last >= len(self._segments)
+            or any(a is not b for a, b in zip(self._segments[first:last], old, strict=True))
+            or any(segment.size != size for segment, size in zip(old, sizes, strict=True))
+        ):
+            shutil.rmtree(cleaning, ignore_errors=True)
+            return False
+        for segment in old:
+            segment.close()
+        install(cleaning)
+        replacement = Segment.open(
+            self.directory,
+            old[0].base_offset,
+            index_interval_bytes=self.config.index_interval_bytes,
+            now_ms=wall_clock_ms(),
+            recover=False,
+        )
+        replacement.seal()
+        self._segments[first:last] = [replacement]
+        self._bases[first:last] = [replacement.base_offset]
+        return True
 
     # Reading
 
@@ -432,8 +540,11 @@ class PartitionLog:
     # Retention
 
     def enforce_retention(self, now_ms: int) -> int:
-        """Delete the oldest segments beyond retention.ms and retention.bytes; returns how many."""
+        """Delete the oldest segments beyond retention.ms and retention.bytes; returns how many.
+        A compact-only log keeps every segment: the cleaner bounds it."""
         deleted = 0
+        if not self.config.delete:
+            return 0
         retention_ms = self.config.retention_ms
         if retention_ms >= 0:
             deleted += self._delete_oldest(
@@ -530,6 +641,22 @@ class PartitionLog:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(self.directory)
         logger.info("%s-%d: deleted the log", self.topic, self.partition)
+
+
+def _read_log_start_offset(directory: Path) -> int:
+    """The checkpointed log start offset; 0 (the first segment's base offset rules) if
+    the file is missing or unreadable."""
+    path = directory / LOG_START_OFFSET_FILE
+    try:
+        version, offset = path.read_text().split()
+        if int(version) != _LOG_START_OFFSET_VERSION:
+            raise ValueError(f"version {version}")
+        return int(offset)
+    except FileNotFoundError:
+        return 0
+    except ValueError as error:
+        logger.warning("%s cannot be read (%s): ignoring it", path, error)
+        return 0
 
 
 def _segment_base_offsets(directory: Path) -> list[int]:

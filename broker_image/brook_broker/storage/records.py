@@ -1,20 +1,23 @@
 """Record-level reading and writing of v2 batches, for the few places that need it.
 
-Produce and fetch never look inside a batch. Two things do: ListOffsets by timestamp
+Produce and fetch never look inside a batch. Three things do: ListOffsets by timestamp
 (each record's leading varints are read; keys, values and headers are skipped by the
-record length), and the broker's own internal topic ``__consumer_offsets``, whose
-batches the group coordinator writes and reads back (uncompressed, no headers).
+record length), the broker's own internal topic ``__consumer_offsets``, whose batches
+the group coordinator writes and reads back (uncompressed, no headers), and the log
+cleaner, which keeps some records of a batch and writes them back with the same codec.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import cramjam
 from crc32c import crc32c
 
 from .batch import (
+    COMPRESSION_MASK,
     HEADER_SIZE,
     LOG_OVERHEAD,
     TIMESTAMP_TYPE_LOG_APPEND,
@@ -38,6 +41,12 @@ _AFTER_CRC = struct.Struct(">hiqqqhii")
 _CRC = struct.Struct(">I")
 NO_PRODUCER_ID = -1
 
+_XERIAL_BLOCK_SIZE = 32 * 1024
+_COMPRESSORS: dict[int, Callable[[bytes], cramjam.Buffer]] = {
+    GZIP: cramjam.gzip.compress,
+    LZ4: cramjam.lz4.compress,
+    ZSTD: cramjam.zstd.compress,
+}
 _DECOMPRESSORS = {
     GZIP: cramjam.gzip.decompress,
     LZ4: cramjam.lz4.decompress,  # the LZ4 frame format, as v2 batches use it
@@ -76,6 +85,25 @@ def _snappy_decompress(data: bytes | memoryview) -> bytes | memoryview:
         blocks.append(bytes(cramjam.snappy.decompress_raw(view[position : position + length])))
         position += length
     return b"".join(blocks)
+
+
+def compress(compression: int, data: bytes, *, xerial: bool = False) -> bytes:
+    """``data`` compressed as a batch with ``compression`` holds it; snappy in xerial's
+    framing when ``xerial`` (for batches that came framed so)."""
+    if compression == NO_COMPRESSION:
+        return data
+    if compression == SNAPPY:
+        if not xerial:
+            return bytes(cramjam.snappy.compress_raw(data))
+        framed = bytearray(_XERIAL_MAGIC + struct.pack(">ii", 1, 1))
+        for start in range(0, len(data), _XERIAL_BLOCK_SIZE):
+            block = bytes(cramjam.snappy.compress_raw(data[start : start + _XERIAL_BLOCK_SIZE]))
+            framed += _BLOCK_LENGTH.pack(len(block)) + block
+        return bytes(framed)
+    compressor = _COMPRESSORS.get(compression)
+    if compressor is None:
+        raise InvalidBatch(f"unknown compression codec {compression}")
+    return bytes(compressor(data))
 
 
 def first_record_at_or_after(
@@ -168,6 +196,93 @@ def build_batch(records: Sequence[tuple[bytes | None, bytes | None]], timestamp_
     return before_crc + _CRC.pack(crc32c(after_crc)) + after_crc
 
 
+class RecordView(NamedTuple):
+    """One record of a batch as the cleaner judges it; ``raw`` is the whole record,
+    its length prefix included, exactly as stored."""
+
+    offset: int
+    timestamp: int
+    key: bytes | None
+    is_tombstone: bool
+    raw: memoryview
+
+
+def record_views(batch: bytes | memoryview, header: BatchHeader) -> list[RecordView]:
+    """Every record of the whole batch ``batch`` (its header is ``header``), decompressed.
+    Raises :class:`InvalidBatch` if the records cannot be read."""
+    records = memoryview(
+        decompress(header.compression, memoryview(batch)[HEADER_SIZE : header.size])
+    )
+    views: list[RecordView] = []
+    cursor = 0
+    try:
+        for _ in range(header.records_count):
+            start = cursor
+            length, cursor = read_varint(records, cursor)
+            end = cursor + length
+            if length < 0 or end > len(records):
+                raise InvalidBatch("record length does not fit its batch")
+            timestamp_delta, cursor = read_varint(records, cursor + 1)  # after attributes
+            offset_delta, cursor = read_varint(records, cursor)
+            key, cursor = _read_field(records, cursor)
+            value_length, _ = read_varint(records, cursor)
+            views.append(
+                RecordView(
+                    header.base_offset + offset_delta,
+                    header.base_timestamp + timestamp_delta,
+                    key,
+                    value_length < 0,
+                    records[start:end],
+                )
+            )
+            cursor = end
+    except IndexError as error:
+        raise InvalidBatch("record is cut off") from error
+    return views
+
+
+def rebuild_batch(
+    batch: bytes | memoryview, header: BatchHeader, kept: Sequence[RecordView]
+) -> bytes:
+    """The batch with only the ``kept`` records (in order), as Kafka's cleaner writes it:
+    the same base offset and last offset delta (so an idempotent producer's last sequence
+    number survives), producer id, epoch, base sequence, leader epoch and codec; the CRC,
+    record count and, under CreateTime, the largest timestamp follow the kept records.
+    With nothing kept it is an empty batch, uncompressed, which only carries the
+    producer's state."""
+    view = memoryview(batch)
+    attributes = header.attributes
+    if kept:
+        original = view[HEADER_SIZE : header.size]
+        xerial = header.compression == SNAPPY and original[: len(_XERIAL_MAGIC)] == _XERIAL_MAGIC
+        body = compress(header.compression, b"".join(record.raw for record in kept), xerial=xerial)
+    else:
+        attributes &= ~COMPRESSION_MASK
+        body = b""
+    if attributes & TIMESTAMP_TYPE_LOG_APPEND:
+        max_timestamp = header.max_timestamp
+    else:
+        max_timestamp = max((record.timestamp for record in kept), default=header.base_timestamp)
+    after_crc = _AFTER_CRC.pack(
+        attributes,
+        header.last_offset_delta,
+        header.base_timestamp,
+        max_timestamp,
+        header.producer_id,
+        header.producer_epoch,
+        header.base_sequence,
+        len(kept),
+    )
+    crc = crc32c(body, crc32c(after_crc))
+    before_crc = _BEFORE_CRC.pack(
+        header.base_offset,
+        HEADER_SIZE - LOG_OVERHEAD + len(body),
+        header.partition_leader_epoch,
+        2,
+    )
+    return before_crc + _CRC.pack(crc) + after_crc + body
+
+
 def iter_records(
     data: bytes | memoryview,
 ) -> Iterator[tuple[int, bytes | None, bytes | None]]:
@@ -202,3 +317,24 @@ def _read_field(data: bytes | memoryview, position: int) -> tuple[bytes | None, 
     if position + length > len(data):
         raise InvalidBatch("record key or value is cut off")
     return bytes(data[position : position + length]), position + length
+
+
+def record_keys(batch: bytes | memoryview, header: BatchHeader) -> Iterator[bytes | None]:
+    """The key of each record of ``batch`` (whole, as ``header`` describes it), None for a
+    record without one: a compacted topic keeps only records it can compact by key.
+    Raises :class:`InvalidBatch` if the records cannot be read."""
+    records = decompress(header.compression, memoryview(batch)[HEADER_SIZE : header.size])
+    cursor = 0
+    try:
+        for _ in range(header.records_count):
+            length, cursor = read_varint(records, cursor)
+            end = cursor + length
+            if length < 0 or end > len(records):
+                raise InvalidBatch("record length does not fit its batch")
+            _, cursor = read_varint(records, cursor + 1)  # timestamp delta, after attributes
+            _, cursor = read_varint(records, cursor)  # offset delta
+            key, _ = _read_field(records, cursor)
+            yield key
+            cursor = end
+    except IndexError as error:
+        raise InvalidBatch("record is cut off") from error

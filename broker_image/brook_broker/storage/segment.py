@@ -335,21 +335,7 @@ class Segment:
         return end
 
     def _headers(self, position: int, end: int) -> Iterator[tuple[int, BatchHeader]]:
-        """``(position, header)`` of each batch starting in ``[position, end)``.
-
-        Headers are read in windows: small batches cost one pread per window, a large one a
-        pread of its first bytes. Raises :class:`InvalidBatch` where a header is not one.
-        """
-        while end - position >= HEADER_SIZE:
-            window = os.pread(self._fd, min(_WALK_WINDOW, end - position), position)
-            cursor = 0
-            while len(window) - cursor >= HEADER_SIZE:
-                header = parse_header(window, cursor)
-                yield position + cursor, header
-                cursor += header.size
-            if cursor == 0:
-                return
-            position += cursor
+        return read_headers(self._fd, position, end)
 
     def _valid_batches(self) -> Iterator[tuple[int, BatchHeader]]:
         """Whole batches with a valid CRC and increasing offsets, from the start of the file
@@ -380,6 +366,24 @@ class Segment:
             if cursor == 0:
                 return
             position += cursor
+
+
+def read_headers(fd: int, position: int, end: int) -> Iterator[tuple[int, BatchHeader]]:
+    """``(position, header)`` of each batch starting in ``[position, end)``.
+
+    Headers are read in windows: small batches cost one pread per window, a large one a
+    pread of its first bytes. Raises :class:`InvalidBatch` where a header is not one.
+    """
+    while end - position >= HEADER_SIZE:
+        window = os.pread(fd, min(_WALK_WINDOW, end - position), position)
+        cursor = 0
+        while len(window) - cursor >= HEADER_SIZE:
+            header = parse_header(window, cursor)
+            yield position + cursor, header
+            cursor += header.size
+        if cursor == 0:
+            return
+        position += cursor
 
 
 def _write_at(fd: int, buffers: Sequence[Buffer], position: int) -> None:

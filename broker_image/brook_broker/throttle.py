@@ -1,7 +1,8 @@
-"""The replication throttle: a token bucket of bytes per second.
+"""A token bucket of bytes per second, for work that must not starve clients.
 
-A leader takes from it what it sends to replicas that a reassignment is adding, so that
-copying a partition to a new broker cannot starve producers and in-sync followers.
+A leader takes from one what it sends to replicas that a reassignment is adding, so that
+copying a partition to a new broker cannot starve producers and in-sync followers; the
+log cleaner takes from one what it reads and writes (``log.cleaner.io.max.bytes.per.second``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ class TokenBucket:
     off before the next read gets anything, so the rate holds on average.
     """
 
-    def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
         if rate < 0:
             raise ValueError(f"a throttle of {rate} bytes/s is not a rate")
         self.rate = rate
@@ -34,6 +35,11 @@ class TokenBucket:
         """Count ``size`` bytes as sent."""
         self._refill()
         self._tokens -= size
+
+    def seconds_until_available(self) -> float:
+        """How long until the debt is paid off (0 if something may be sent now)."""
+        self._refill()
+        return max(0.0, -self._tokens / self.rate) if self.rate else 0.0
 
     def _refill(self) -> None:
         now = self._clock()
