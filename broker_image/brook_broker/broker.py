@@ -33,7 +33,7 @@ from .protocol.quotas import UNLIMITED, ConnectionQuotas, ListenerLimits
 from .protocol.sasl import PlainAuthenticator, PlainCredentials
 from .protocol.server import KafkaServer
 from .replication import ReplicaManager
-from .storage.cleaner import LogCleaner
+from .storage.cleaner import LogCleaner, ProcessWorker
 from .storage.manager import LogManager
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ class Broker:
         if config.log_cleaner_enable:
             cleaner = LogCleaner(
                 lambda: (partition_log for _, _, partition_log in logs.partitions()),
+                worker=ProcessWorker(),
                 dedupe_buffer_size=config.log_cleaner_dedupe_buffer_size,
                 io_max_bytes_per_second=config.log_cleaner_io_max_bytes_per_second,
                 backoff_ms=config.log_cleaner_backoff_ms,

@@ -6,14 +6,19 @@ other partitions are taken as usual."""
 from __future__ import annotations
 
 import datetime
+import time
+from pathlib import Path
 from typing import Any
 
+import confluent_kafka
+import pytest
 from kio.schema.produce.v9.request import PartitionProduceData, ProduceRequest, TopicProduceData
 
 from tests.support.batches import Record, encode_batch
 
-from .brokers import BrokerProcess, KafkaConnection, now_ms
-from .clients import ConfluentDriver, Message, create_topic, watermarks
+from .brokers import BrokerProcess, KafkaConnection, now_ms, wait_until
+from .clients import ConfluentDriver, Message, confluent_consumer, create_topic, watermarks
+from .conftest import StartBroker
 
 INVALID_RECORD = 87
 CONFLUENT = ConfluentDriver()
@@ -81,3 +86,81 @@ def test_a_keyless_record_refuses_all_of_its_partitions_data_with_kafkas_message
     # The keyed batch that came before the refused one in the same request is not stored.
     assert watermarks(broker.bootstrap, "accounts", 0) == (0, 0)
     assert watermarks(broker.bootstrap, "accounts", 1) == (0, 1)
+
+
+def live_children(pid: int) -> set[int]:
+    """Processes (not zombies) whose parent is ``pid``."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError):
+            continue
+        if int(parent) == pid and state != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_a_broker_stopped_while_compacting_leaves_no_process_behind(
+    start_broker: StartBroker, stop: str
+) -> None:
+    """The broker compacts in a child process: a clean stop still exits 0 and a kill -9
+    takes the child along (left running, it would write into the restarted broker's log);
+    the restarted broker serves the latest value of every key."""
+    broker = start_broker(
+        "--log-cleaner-backoff-ms", "100",
+        "--log-cleaner-io-max-bytes-per-second", "20000",  # the run lasts half a minute
+    )  # fmt: skip
+    config = {"segment.bytes": "65536", "min.cleanable.dirty.ratio": "0.01"}
+    # Nothing is cleaned until all is written: the first run has all of it to read.
+    create_topic(
+        broker.bootstrap, "table", config={**COMPACT, **config, "min.compaction.lag.ms": "3000"}
+    )
+    messages = [Message(0, b"key-%d" % (n % 100), b"value-%d" % n) for n in range(10_000)]
+    assert all(
+        result.error is None
+        for result in CONFLUENT.produce(broker.bootstrap, "table", messages, "none")
+    )
+    children = wait_until(
+        lambda: len(live_children(broker.pid)) >= 2 and live_children(broker.pid),
+        timeout=30,
+        message="the compaction process and its resource tracker",
+    )
+    if stop == "SIGTERM":
+        assert broker.stop() == 0
+    else:
+        broker.kill9()
+    wait_until(lambda: not any(alive(pid) for pid in children), timeout=10, message="children gone")
+    broker.start()
+    latest = {message.key: message.value for message in messages}
+    assert latest_values(broker.bootstrap, "table") == latest
+
+
+def latest_values(bootstrap: str, topic: str) -> dict[bytes | None, bytes | None]:
+    """Each key's last value, read with a consumer from the start to the high watermark."""
+    _, high = watermarks(bootstrap, topic)
+    consumer = confluent_consumer(bootstrap)
+    consumer.assign([confluent_kafka.TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)])
+    values: dict[bytes | None, bytes | None] = {}
+    offset = -1
+    deadline = time.monotonic() + 30
+    try:
+        while offset < high - 1 and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            assert message.error() is None, message.error()
+            offset = message.offset()
+            values[message.key()] = message.value()
+    finally:
+        consumer.close()
+    assert offset == high - 1, f"read up to {offset} of {high}"
+    return values

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from brook_broker.storage import cleaner, swap
+from brook_broker.storage import cleaner, compaction, swap
 from brook_broker.storage.log import LogConfig, PartitionLog, wall_clock_ms
 from brook_broker.storage.segment import INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX, Segment
 
@@ -78,7 +78,7 @@ def _from_swap(source: object, *_: object) -> bool:
 POINTS: dict[str, Callable[[], None]] = {
     # Halfway through writing the first cleaned segment.
     "writing": lambda: setattr(
-        cleaner.LogCleaner, "_write", after_calls(1, cleaner.LogCleaner._write)
+        compaction._Compaction, "_write", after_calls(1, compaction._Compaction._write)
     ),
     # The swap of the second group is committed; no old segment is removed yet.
     "committed": lambda: setattr(swap, "_complete", before_calls(2, swap._complete)),
@@ -126,7 +126,11 @@ def main(argv: list[str]) -> None:
     elif args.point != "none":
         POINTS[args.point]()
     log_cleaner = cleaner.LogCleaner(
-        lambda: [log], dedupe_buffer_size=1 << 20, io_max_bytes_per_second=1e12, backoff_ms=0
+        lambda: [log],
+        worker=cleaner.ThreadWorker(),
+        dedupe_buffer_size=1 << 20,
+        io_max_bytes_per_second=1e12,
+        backoff_ms=0,
     )
 
     async def clean() -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from brook_broker.storage.batch import parse_header, validate_batches
-from brook_broker.storage.cleaner import OFFSET_MAP_ENTRY_BYTES, LogCleaner
+from brook_broker.storage.cleaner import LogCleaner, ThreadWorker
+from brook_broker.storage.compaction import OFFSET_MAP_ENTRY_BYTES
 from brook_broker.storage.log import LogConfig, PartitionLog, wall_clock_ms
 from brook_broker.storage.records import iter_records, rebuild_batch, record_views
 from hypothesis import HealthCheck, given, settings
@@ -145,6 +146,7 @@ def test_a_cleaned_log_holds_the_latest_value_of_each_key(
     seal_all(log, NOW_MS + 1)
     cleaner = LogCleaner(
         lambda: [log],
+        worker=ThreadWorker(),
         dedupe_buffer_size=OFFSET_MAP_ENTRY_BYTES * map_keys,
         io_max_bytes_per_second=float("inf"),
         backoff_ms=0,
@@ -168,7 +170,11 @@ def test_a_log_is_not_cleaned_below_the_dirty_ratio(tmp_path: Path) -> None:
     write(log, [("none", [(b"a", b"1")]) for _ in range(40)], NOW_MS)
     seal_all(log, NOW_MS + 1)
     cleaner = LogCleaner(
-        lambda: [log], dedupe_buffer_size=1 << 20, io_max_bytes_per_second=1e9, backoff_ms=0
+        lambda: [log],
+        worker=ThreadWorker(),
+        dedupe_buffer_size=1 << 20,
+        io_max_bytes_per_second=1e9,
+        backoff_ms=0,
     )
     assert clean_until_done(cleaner) == 1  # all of it is dirty the first time
     assert [offset for offset, _, _ in read_all(log)] == [39]
@@ -184,7 +190,11 @@ def test_a_delete_only_log_is_never_cleaned(tmp_path: Path) -> None:
     write(log, [("none", [(b"a", b"1")]) for _ in range(20)], NOW_MS)
     seal_all(log, NOW_MS + 1)
     cleaner = LogCleaner(
-        lambda: [log], dedupe_buffer_size=1 << 20, io_max_bytes_per_second=1e9, backoff_ms=0
+        lambda: [log],
+        worker=ThreadWorker(),
+        dedupe_buffer_size=1 << 20,
+        io_max_bytes_per_second=1e9,
+        backoff_ms=0,
     )
     assert clean_until_done(cleaner) == 0
     assert len(read_all(log)) == 20
@@ -203,7 +213,11 @@ def test_an_idempotent_producers_last_batch_survives_empty(tmp_path: Path) -> No
     seal_all(log, NOW_MS + 1)
     clean_until_done(
         LogCleaner(
-            lambda: [log], dedupe_buffer_size=1 << 20, io_max_bytes_per_second=1e9, backoff_ms=0
+            lambda: [log],
+            worker=ThreadWorker(),
+            dedupe_buffer_size=1 << 20,
+            io_max_bytes_per_second=1e9,
+            backoff_ms=0,
         )
     )
     headers = list(log.batch_headers())

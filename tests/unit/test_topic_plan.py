@@ -88,6 +88,15 @@ def test_a_new_topic_is_created_with_its_configs_and_min_isr() -> None:
     assert not plan.refused and not plan.warnings
 
 
+def test_a_compacted_topic_is_created_with_kafkas_spelling_of_its_policy() -> None:
+    config = {"cleanup.policy": "delete, compact", "min.cleanable.dirty.ratio": "0.1"}
+    plan = plan_topic(spec(config=config), BROKERS, None)
+    (create,) = plan.actions
+    assert isinstance(create, CreateTopic)
+    assert create.configs["cleanup.policy"] == "compact,delete"
+    assert create.configs["min.cleanable.dirty.ratio"] == "0.1"
+
+
 def test_a_topic_that_matches_its_spec_needs_nothing() -> None:
     plan = plan_topic(spec(), BROKERS, observed(*SETTLED))
     assert plan.settled and plan.actions == ()
@@ -103,6 +112,7 @@ def test_a_topic_that_matches_its_spec_needs_nothing() -> None:
         ({"config": {"retention.hours": "1"}}, 3, None, "UnknownConfig", "'retention.hours'"),
         ({"config": {"retention.ms": "soon"}}, 3, None, "InvalidConfig", "retention.ms"),
         ({"config": {"min.insync.replicas": "1"}}, 3, None, "InvalidConfig", "minInsyncReplicas"),
+        ({"config": {"cleanup.policy": "compacted"}}, 3, None, "InvalidConfig", "cleanup.policy"),
         ({"topicName": "orders/eu"}, 3, None, "InvalidTopicName", "orders/eu"),
     ],
 )

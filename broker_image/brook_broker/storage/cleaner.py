@@ -6,78 +6,51 @@ cleaning ended, kept in ``cleaner-offset-checkpoint`` in the partition directory
 active segment, a segment not wholly below the high watermark, or one younger than
 ``min.compaction.lag.ms``. The cleaner picks the log with the largest dirty share of
 bytes (``min.cleanable.dirty.ratio``, or any dirt once ``max.compaction.lag.ms`` has
-passed), maps each key of the dirty section to its latest offset, and rewrites the
-sealed segments of both sections, merged into groups of at most ``segment.bytes``,
-keeping:
+passed) and has a worker compact it (``storage.compaction``: what is kept, and why).
 
-- a record whose key has no later offset in the map (the latest value of its key);
-- a tombstone (null value) until its batch is older than ``delete.retention.ms``;
-- the last batch of each idempotent producer, emptied of records if none is kept, so
-  that its last sequence number survives (the batch keeps its offset range).
-
-Offsets never change: a compacted log has gaps. The reading, filtering and writing run
-in a worker thread on file descriptors of their own, throttled by
-``log.cleaner.io.max.bytes.per.second``; only the swap of each group (a few renames, see
-``storage.swap``) runs on the event loop, and is refused if the segments changed while
-they were cleaned. The map of keys holds at most ``log.cleaner.dedupe.buffer.size``
-bytes; a larger dirty section is cleaned over several runs.
+The worker is a child process in the broker (``ProcessWorker``), so that parsing and
+recompressing records never holds the event loop's interpreter lock; tests run it in a
+thread (``ThreadWorker``). Only the swap of each rewritten group of segments (a few
+renames, see ``storage.swap``) runs on the event loop, and it is refused if the segments
+changed while they were cleaned.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-import hashlib
+import ctypes
 import logging
+import multiprocessing
 import os
 import shutil
+import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol
 
-from ..throttle import TokenBucket
-from .batch import HEADER_SIZE, BatchHeader, InvalidBatch, parse_header
-from .checkpoint import fsync_path, write_atomically
+from . import compaction
+from .checkpoint import write_atomically
+from .compaction import (
+    CompactionJob,
+    CompactionResult,
+    CompactionStopped,
+    SegmentFile,
+    SegmentsChanged,
+    StopSignal,
+    UncleanableLog,
+)
 from .log import PartitionLog, wall_clock_ms
-from .records import rebuild_batch, record_views
-from .segment import AppendedBatch, Segment, read_headers
-from .swap import cleaning_directory
+from .segment import Segment
 
 logger = logging.getLogger(__name__)
-_Result = TypeVar("_Result")
 
 CLEANER_CHECKPOINT_FILE = "cleaner-offset-checkpoint"
-OFFSET_MAP_ENTRY_BYTES = 136
-"""Memory one key of the offset map takes: a 16-byte MD5 digest and an offset in a
-Python dict, measured (Kafka's packed map takes 24)."""
-_READ_CHUNK = 1024 * 1024
-_WRITE_CHUNK = 1024 * 1024
-
-
-class OffsetMap:
-    """The latest offset of each key seen, keyed by the key's MD5 digest (as Kafka's
-    SkimpyOffsetMap), holding at most ``memory_bytes`` worth of keys."""
-
-    def __init__(self, memory_bytes: int) -> None:
-        self.capacity = max(1, memory_bytes // OFFSET_MAP_ENTRY_BYTES)
-        self._latest: dict[bytes, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._latest)
-
-    def put(self, key: bytes, offset: int) -> bool:
-        """Record ``offset`` as the latest of ``key``; False (nothing recorded) if the key
-        is new and the map is full."""
-        digest = hashlib.md5(key, usedforsecurity=False).digest()
-        if digest not in self._latest and len(self._latest) >= self.capacity:
-            return False
-        self._latest[digest] = offset
-        return True
-
-    def latest(self, key: bytes) -> int | None:
-        return self._latest.get(hashlib.md5(key, usedforsecurity=False).digest())
 
 
 @dataclass
@@ -105,14 +78,6 @@ class CleaningPlan:
     dirty_ratio: float
     overdue: bool
     """``max.compaction.lag.ms`` has passed for the oldest dirty segment."""
-
-    @property
-    def dirty_segments(self) -> list[Segment]:
-        return [segment for segment in self.segments if segment.base_offset >= self.first_dirty]
-
-    def end_of(self, index: int) -> int:
-        """The offset after segment ``index`` (where the next one starts)."""
-        return self.segments[index + 1].base_offset if index + 1 < len(self.segments) else self.end
 
 
 def plan_cleaning(log: PartitionLog, first_dirty: int, now_ms: int) -> CleaningPlan | None:
@@ -150,8 +115,122 @@ def plan_cleaning(log: PartitionLog, first_dirty: int, now_ms: int) -> CleaningP
     )
 
 
-class _Stopped(Exception):
-    """The cleaner is stopping: the run in the worker thread gives up."""
+class CompactionWorker(Protocol):
+    """Where compactions run: ``compact`` runs one; ``close`` ends the worker."""
+
+    async def compact(self, job: CompactionJob) -> CompactionResult: ...
+
+    def close(self) -> None: ...
+
+
+async def _await_worker(
+    future: asyncio.Future[CompactionResult], stopping: StopSignal
+) -> CompactionResult:
+    """The compaction's result. If the caller is cancelled, the compaction is told to stop
+    and waited for (it stops at its next batch), so that nothing writes into the log's
+    directory after the cleaner is gone."""
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        stopping.set()
+        with contextlib.suppress(Exception):
+            await future
+        raise
+
+
+class ThreadWorker:
+    """Compactions in a thread of this process: simple, for tests and tools (a busy
+    compaction slows every other thread of the process down)."""
+
+    def __init__(self) -> None:
+        self._stopping = threading.Event()
+
+    async def compact(self, job: CompactionJob) -> CompactionResult:
+        future = asyncio.get_running_loop().run_in_executor(
+            None, compaction.compact, job, self._stopping
+        )
+        return await _await_worker(future, self._stopping)
+
+    def close(self) -> None:
+        self._stopping.set()
+
+
+_worker_stopping: StopSignal | None = None
+"""In a ProcessWorker's child: the event its parent sets when the broker stops."""
+_PR_SET_PDEATHSIG = 1
+
+
+def _start_child(stopping: StopSignal, parent_pid: int) -> None:
+    """Make the child die with the broker: a compaction left running by a killed broker
+    would write into the log directory of the broker started after it."""
+    global _worker_stopping
+    _worker_stopping = stopping
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:  # the broker died before the line above
+        os._exit(1)
+
+
+def _compact_in_child(job: CompactionJob) -> CompactionResult:
+    assert _worker_stopping is not None
+    if _worker_stopping.is_set():
+        raise CompactionStopped
+    return compaction.compact(job, _worker_stopping)
+
+
+@contextlib.contextmanager
+def _keeping_signal_mask() -> Iterator[None]:
+    """multiprocessing unblocks SIGINT and SIGTERM in the thread that starts its resource
+    tracker; the broker keeps them blocked in every thread but the one that stops it
+    cleanly (see ``main``), so the mask is put back."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+class ProcessWorker:
+    """Compactions in a child process (started on first use, kept for the next ones).
+
+    A compaction is CPU work in Python: in a thread it would hold the interpreter lock
+    and delay every request the event loop serves. A child that dies (killed for its
+    memory, say) fails that run; the next run starts a new one. The child dies with the
+    broker, however the broker ends (Linux's parent-death signal).
+    """
+
+    def __init__(self) -> None:
+        self._context = multiprocessing.get_context("spawn")
+        with _keeping_signal_mask():
+            self._stopping = self._context.Event()
+        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+
+    async def compact(self, job: CompactionJob) -> CompactionResult:
+        with _keeping_signal_mask():
+            if self._executor is None:
+                self._executor = concurrent.futures.ProcessPoolExecutor(
+                    max_workers=1,
+                    mp_context=self._context,
+                    initializer=_start_child,
+                    initargs=(self._stopping, os.getpid()),
+                )
+            future = asyncio.get_running_loop().run_in_executor(
+                self._executor, _compact_in_child, job
+            )
+        try:
+            return await _await_worker(future, self._stopping)
+        except BrokenProcessPool:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
 
 
 class LogCleaner:
@@ -166,23 +245,23 @@ class LogCleaner:
         self,
         logs: Callable[[], Iterable[PartitionLog]],
         *,
+        worker: CompactionWorker,
         dedupe_buffer_size: int,
         io_max_bytes_per_second: float,
         backoff_ms: int,
         clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self._logs = logs
+        self._worker = worker
         self._dedupe_buffer_size = dedupe_buffer_size
-        self._throttle = TokenBucket(io_max_bytes_per_second)
-        self._throttle_lock = threading.Lock()
+        self._io_max_bytes_per_second = io_max_bytes_per_second
         self._backoff_ms = backoff_ms
         self._clock_ms = clock_ms
-        self._stopping = threading.Event()
         self.stats = CleanerStats()
 
     async def run(self) -> None:
         """Forever: clean the dirtiest log, or sleep ``log.cleaner.backoff.ms`` when none
-        needs it. On cancellation a run in the worker thread stops at its next batch."""
+        needs it. On cancellation a running compaction stops at its next batch."""
         try:
             while True:
                 try:
@@ -193,7 +272,7 @@ class LogCleaner:
                 if not cleaned:
                     await asyncio.sleep(self._backoff_ms / 1000)
         finally:
-            self._stopping.set()
+            self._worker.close()
 
     async def clean_dirtiest(self) -> bool:
         """Clean the log most in need of it, if any; returns whether one was cleaned."""
@@ -215,257 +294,67 @@ class LogCleaner:
         if not plans:
             return False
         plan = max(plans, key=lambda plan: (plan.overdue, plan.dirty_ratio))
+        name = (plan.log.topic, plan.log.partition)
         try:
             await self.clean(plan, now_ms)
-        except (InvalidBatch, OSError) as error:
+        except SegmentsChanged:
+            logger.info("%s-%d changed before it was cleaned; it is tried again later", *name)
+        except UncleanableLog as error:
             # As Kafka: a log the cleaner fails on is left alone until the broker restarts.
-            self.stats.uncleanable.add((plan.log.topic, plan.log.partition))
-            logger.error(
-                "%s-%d cannot be cleaned and is skipped until restart: %s",
-                plan.log.topic,
-                plan.log.partition,
-                error,
-            )
+            self.stats.uncleanable.add(name)
+            logger.error("%s-%d cannot be cleaned and is skipped until restart: %s", *name, error)
         return True
 
     async def clean(self, plan: CleaningPlan, now_ms: int) -> None:
-        """One cleaning run of ``plan``'s log: map its dirty section, then rewrite and swap
-        its segments group by group."""
+        """One cleaning run of ``plan``'s log: the worker rewrites its segments, then each
+        rewritten group is swapped in."""
         log = plan.log
         name = (log.topic, log.partition)
-        files = [os.open(segment.log_path, os.O_RDONLY) for segment in plan.segments]
-        try:
-            offset_map, map_end, last_batches = await self._in_thread(
-                self._build_offset_map, plan, files
-            )
-            if map_end <= plan.first_dirty:
-                self.stats.uncleanable.add(name)
-                logger.error(
-                    "%s-%d cannot be cleaned: the keys of its first dirty segment do not fit "
-                    "log.cleaner.dedupe.buffer.size (%d bytes)",
-                    log.topic,
-                    log.partition,
-                    self._dedupe_buffer_size,
-                )
-                return
-            self.stats.uncleanable.discard(name)
-            read_before = self.stats.bytes_read
-            written = 0
-            cleaned_segments = [
-                i for i, segment in enumerate(plan.segments) if plan.end_of(i) <= map_end
-            ]
-            for group in _groups(plan, cleaned_segments):
-                cleaning, size = await self._in_thread(
-                    self._clean_group, plan, group, files, offset_map, last_batches, now_ms
-                )
-                old = [plan.segments[i] for i in group]
-                if not log.replace_segments(old, [plan.sizes[i] for i in group], cleaning):
-                    logger.info("%s-%d changed while it was cleaned; the run stops", *name)
-                    return
-                written += size
-            write_first_dirty_offset(log.directory, map_end)
-            self.stats.runs += 1
-            self.stats.last_run_end_ms = self._clock_ms()
-            logger.info(
-                "%s-%d: cleaned offsets %d to %d: %d bytes read, %d bytes kept, %d keys",
-                log.topic,
-                log.partition,
-                plan.segments[0].base_offset,
-                map_end,
-                self.stats.bytes_read - read_before,
-                written,
-                len(offset_map),
-            )
-        finally:
-            for fd in files:
-                os.close(fd)
-
-    async def _in_thread(self, function: Callable[..., _Result], *args: object) -> _Result:
-        """``function(*args)`` in a worker thread. If the caller is cancelled, the thread
-        is told to stop and waited for, so that the segment files it reads stay open
-        until it is done with them."""
-        future = asyncio.get_running_loop().run_in_executor(None, function, *args)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            self._stopping.set()
-            with contextlib.suppress(Exception):
-                await future
-            raise
-
-    # In the worker thread
-
-    def _build_offset_map(
-        self, plan: CleaningPlan, files: list[int]
-    ) -> tuple[OffsetMap, int, dict[int, int]]:
-        """The latest offset of each key from the first dirty offset on, as far as the map
-        holds whole segments; the offset it ends at; and the base offset of each producer's
-        last batch below that end."""
-        offset_map = OffsetMap(self._dedupe_buffer_size)
-        last_batches: dict[int, int] = {}
-        map_end = plan.first_dirty
-        for index, segment in enumerate(plan.segments):
-            if segment.base_offset < plan.first_dirty:
-                for _, header in read_headers(files[index], 0, plan.sizes[index]):
-                    if header.producer_id >= 0:
-                        last_batches[header.producer_id] = header.base_offset
-                continue
-            for batch, header in self._batches(files[index], plan.sizes[index]):
-                if header.producer_id >= 0:
-                    last_batches[header.producer_id] = header.base_offset
-                if header.is_control:
-                    continue
-                for record in record_views(batch, header):
-                    if record.key is not None and not offset_map.put(record.key, record.offset):
-                        return offset_map, map_end, last_batches
-            map_end = plan.end_of(index)
-        return offset_map, map_end, last_batches
-
-    def _clean_group(
-        self,
-        plan: CleaningPlan,
-        group: list[int],
-        files: list[int],
-        offset_map: OffsetMap,
-        last_batches: dict[int, int],
-        now_ms: int,
-    ) -> tuple[Path, int]:
-        """Write the segment replacing ``group`` (indexes of ``plan.segments``) into a
-        cleaning directory, synced; returns it and the bytes kept."""
-        log = plan.log
-        first = plan.segments[group[0]]
-        cleaning = cleaning_directory(log.directory, first.base_offset, plan.end_of(group[-1]))
-        shutil.rmtree(cleaning, ignore_errors=True)
-        cleaning.mkdir()
-        cleaned = Segment.create(
-            cleaning,
-            first.base_offset,
-            index_interval_bytes=log.config.index_interval_bytes,
+        config = log.config
+        job = CompactionJob(
+            directory=log.directory,
+            segments=tuple(
+                SegmentFile(segment.base_offset, segment.log_path, size)
+                for segment, size in zip(plan.segments, plan.sizes, strict=True)
+            ),
+            first_dirty=plan.first_dirty,
+            end=plan.end,
+            segment_bytes=config.segment_bytes,
+            index_interval_bytes=config.index_interval_bytes,
+            delete_retention_ms=config.delete_retention_ms,
+            dedupe_buffer_size=self._dedupe_buffer_size,
+            io_max_bytes_per_second=self._io_max_bytes_per_second,
             now_ms=now_ms,
         )
-        delete_horizon_ms = now_ms - log.config.delete_retention_ms
-        buffers: list[bytes | memoryview] = []
-        appended: list[AppendedBatch] = []
-        pending = 0
-        next_offset = first.base_offset
-        try:
-            for index in group:
-                for batch, header in self._batches(files[index], plan.sizes[index]):
-                    kept = _filter_batch(batch, header, offset_map, last_batches, delete_horizon_ms)
-                    if kept is None:
-                        continue
-                    kept_header = header if kept is batch else parse_header(kept)
-                    buffers.append(kept)
-                    appended.append(
-                        AppendedBatch(header.base_offset, kept_header.max_timestamp, len(kept))
-                    )
-                    pending += len(kept)
-                    next_offset = header.next_offset
-                    if pending >= _WRITE_CHUNK:
-                        self._write(cleaned, buffers, appended, next_offset)
-                        pending = 0
-            if buffers:
-                self._write(cleaned, buffers, appended, next_offset)
-            cleaned.flush()
-            size = cleaned.size
-        finally:
-            cleaned.close()
-        fsync_path(cleaning)
-        return cleaning, size
-
-    def _write(
-        self,
-        segment: Segment,
-        buffers: list[bytes | memoryview],
-        appended: list[AppendedBatch],
-        next_offset: int,
-    ) -> None:
-        segment.append(buffers, appended, next_offset)
-        self._use_io(sum(batch.size for batch in appended))
-        self.stats.bytes_written += sum(batch.size for batch in appended)
-        buffers.clear()
-        appended.clear()
-
-    def _batches(self, fd: int, size: int) -> Iterator[tuple[memoryview, BatchHeader]]:
-        """Each whole batch of a segment file, read in chunks through the throttle."""
-        position = 0
-        while position < size:
-            chunk = memoryview(os.pread(fd, min(_READ_CHUNK, size - position), position))
-            self._use_io(len(chunk))
-            self.stats.bytes_read += len(chunk)
-            cursor = 0
-            while len(chunk) - cursor >= HEADER_SIZE:
-                header = parse_header(chunk, cursor)
-                if cursor + header.size > len(chunk):
-                    if cursor == 0:  # one batch larger than a chunk
-                        chunk = memoryview(os.pread(fd, header.size, position))
-                        continue
-                    break
-                yield chunk[cursor : cursor + header.size], header
-                cursor += header.size
-            if cursor == 0:
+        result = await self._worker.compact(job)
+        self.stats.bytes_read += result.bytes_read
+        self.stats.bytes_written += result.bytes_written
+        if result.map_end <= plan.first_dirty:
+            raise UncleanableLog(
+                "the keys of its first dirty segment do not fit log.cleaner.dedupe.buffer.size "
+                f"({self._dedupe_buffer_size} bytes)"
+            )
+        for number, group in enumerate(result.groups):
+            old = [plan.segments[i] for i in group.indexes]
+            if not log.replace_segments(
+                old, [plan.sizes[i] for i in group.indexes], group.directory
+            ):
+                logger.info("%s-%d changed while it was cleaned; the run stops", *name)
+                for rest in result.groups[number + 1 :]:
+                    shutil.rmtree(rest.directory, ignore_errors=True)
                 return
-            position += cursor
-
-    def _use_io(self, size: int) -> None:
-        if self._stopping.is_set():
-            raise _Stopped
-        with self._throttle_lock:
-            self._throttle.take(size)
-            wait = self._throttle.seconds_until_available()
-        if wait:
-            self._stopping.wait(wait)
-
-
-def _filter_batch(
-    batch: memoryview,
-    header: BatchHeader,
-    offset_map: OffsetMap,
-    last_batches: dict[int, int],
-    delete_horizon_ms: int,
-) -> memoryview | bytes | None:
-    """The batch itself if all of it stays, a rebuilt batch of what stays, or None."""
-    if header.is_control:
-        return batch
-    records = record_views(batch, header)
-    kept = [
-        record
-        for record in records
-        if record.key is not None
-        and _is_latest(offset_map.latest(record.key), record.offset)
-        and not (record.is_tombstone and header.max_timestamp < delete_horizon_ms)
-    ]
-    if len(kept) == len(records):
-        return batch
-    if kept or (
-        header.producer_id >= 0 and last_batches.get(header.producer_id) == header.base_offset
-    ):
-        return rebuild_batch(batch, header, kept)
-    return None
-
-
-def _is_latest(latest: int | None, offset: int) -> bool:
-    """A record is its key's latest if the dirty section has no later one."""
-    return latest is None or latest <= offset
-
-
-def _groups(plan: CleaningPlan, indexes: list[int]) -> Iterator[list[int]]:
-    """Runs of consecutive segments whose sizes add up to at most ``segment.bytes`` (one
-    segment at least) and whose offsets fit a segment's 32-bit relative offsets."""
-    limit = plan.log.config.segment_bytes
-    group: list[int] = []
-    size = 0
-    for index in indexes:
-        if group and (
-            size + plan.sizes[index] > limit
-            or plan.end_of(index) - plan.segments[group[0]].base_offset > 2**31 - 1
-        ):
-            yield group
-            group, size = [], 0
-        group.append(index)
-        size += plan.sizes[index]
-    if group:
-        yield group
+        write_first_dirty_offset(log.directory, result.map_end)
+        self.stats.runs += 1
+        self.stats.last_run_end_ms = self._clock_ms()
+        logger.info(
+            "%s-%d: cleaned offsets %d to %d: %d bytes read, %d bytes kept, %d keys",
+            *name,
+            plan.segments[0].base_offset,
+            result.map_end,
+            result.bytes_read,
+            sum(group.size for group in result.groups),
+            result.keys,
+        )
 
 
 def read_first_dirty_offset(directory: Path) -> int:
