@@ -175,9 +175,10 @@ _HELP = {
     "log_cleanup_policy": "default cleanup.policy: delete, compact or compact,delete",
     "log_cleaner_enable": "run the log cleaner, which compacts cleanup.policy=compact topics",
     "log_cleaner_dedupe_buffer_size": "memory for the cleaner's map of latest offset per key "
-    "(about 136 bytes a key): a larger dirty section is cleaned over several runs",
+    "(about 136 bytes a key; at least 1 MiB): a larger dirty section is cleaned over several "
+    "runs",
     "log_cleaner_io_max_bytes_per_second": "bytes/s the cleaner reads and writes at most",
-    "log_cleaner_backoff_ms": "how long the cleaner sleeps when no log needs cleaning",
+    "log_cleaner_backoff_ms": "how long the cleaner sleeps when no log needs cleaning (at least 1)",
     "log_cleaner_min_cleanable_ratio": "default min.cleanable.dirty.ratio",
     "log_cleaner_min_compaction_lag_ms": "default min.compaction.lag.ms",
     "log_cleaner_max_compaction_lag_ms": "default max.compaction.lag.ms",
@@ -327,6 +328,8 @@ def load_config(
         "max_partitions",
         "shutdown_timeout_ms",
         "fetch_max_bytes",
+        "log_cleaner_backoff_ms",  # 0 would have an idle cleaner look for work nonstop
+        "log_cleaner_max_compaction_lag_ms",
     ):
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -351,6 +354,11 @@ def load_config(
         parser.error("--log-cleaner-min-cleanable-ratio must be between 0 and 1")
     if config.log_cleaner_io_max_bytes_per_second <= 0:
         parser.error("--log-cleaner-io-max-bytes-per-second must be above 0")
+    if config.log_cleaner_min_compaction_lag_ms < 0 or config.log_cleaner_delete_retention_ms < 0:
+        parser.error(
+            "--log-cleaner-min-compaction-lag-ms and --log-cleaner-delete-retention-ms "
+            "must be at least 0"
+        )
     if config.log_cleaner_dedupe_buffer_size < 1024 * 1024:
         parser.error("--log-cleaner-dedupe-buffer-size must be at least 1048576")
     if config.cluster_secret_file is not None:

@@ -350,14 +350,10 @@ class CleanerCollector(Collector):
             "Bytes of cleaned segments the cleaner wrote",
             value=state.bytes_written,
         )
-        since = (
-            (self._clock_ms() - state.last_run_end_ms) / 1000
-            if state.last_run_end_ms >= 0
-            else -1.0
-        )
+        since = (self._clock_ms() - state.last_run_end_ms) / 1000
         yield GaugeMetricFamily(
             "brook_log_cleaner_seconds_since_last_run",
-            "Seconds since the last cleaning run ended (-1: none yet)",
+            "Seconds since the last cleaning run ended, or the cleaner started",
             value=since,
         )
         dirty = GaugeMetricFamily(

@@ -65,6 +65,16 @@ def test_the_log_start_moves_inside_a_segment_and_reads_below_it_are_out_of_rang
     assert log.log_start_offset == 42
 
 
+def test_a_lookup_by_timestamp_never_answers_below_the_log_start(tmp_path: Path) -> None:
+    """As Kafka's: what ListOffsets by timestamp finds is a record a fetch can return."""
+    log = open_log(tmp_path / "orders-0")
+    produce(log, 20)  # every record at most a few milliseconds after BASE_TIME_MS
+    assert log.offset_for_timestamp(0) == (0, BASE_TIME_MS)
+    assert log.increment_log_start_offset(42, "test")
+    found = log.offset_for_timestamp(0)
+    assert found is not None and found[0] == 42
+
+
 def test_the_log_start_offset_survives_a_reopen(tmp_path: Path) -> None:
     log = open_log(tmp_path / "orders-0")
     produce(log, 20)

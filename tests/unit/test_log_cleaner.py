@@ -254,3 +254,35 @@ def test_xerial_framed_snappy_stays_framed() -> None:
     rebuilt = rebuild_batch(data, header, record_views(data, header)[1:])
     assert rebuilt[61:].startswith(b"\x82SNAPPY\x00")
     assert list(iter_records(rebuilt)) == [(1, b"b", b"y" * 50_000)]
+
+
+def test_a_tombstone_stays_delete_retention_ms_after_its_first_cleaning(tmp_path: Path) -> None:
+    """However old its timestamp, as Kafka (KIP-534): a consumer that reads the log from
+    the start within delete.retention.ms of the cleaning sees the delete. The batch keeps
+    its records' timestamps although its base timestamp now holds the delete horizon."""
+    day_ms = 86_400_000
+    written_ms = NOW_MS - 2 * day_ms
+    now = [NOW_MS]
+    log = PartitionLog.open(tmp_path, "t", 0, compacted_config(delete_retention_ms=day_ms))
+    write(log, [("lz4", [(b"a", b"1"), (b"b", b"1")]), ("lz4", [(b"a", None)])], written_ms)
+    seal_all(log, NOW_MS)
+    cleaner = LogCleaner(
+        lambda: [log],
+        worker=ThreadWorker(),
+        dedupe_buffer_size=1 << 20,
+        io_max_bytes_per_second=1e9,
+        backoff_ms=0,
+        clock_ms=lambda: now[0],
+    )
+    assert clean_until_done(cleaner) == 1
+    assert read_all(log) == [(1, b"b", b"1"), (2, b"a", None)]
+    data = log.read(2, 1 << 20, upper_offset=log.log_end_offset)
+    tombstones = parse_header(data)
+    assert tombstones.delete_horizon_ms == NOW_MS + day_ms
+    assert [record.timestamp for record in record_views(data, tombstones)] == [written_ms]
+    now[0] = NOW_MS + day_ms - 1
+    assert clean_until_done(cleaner) == 0
+    now[0] = NOW_MS + day_ms
+    assert clean_until_done(cleaner) == 1
+    assert read_all(log) == [(1, b"b", b"1")]
+    log.close()

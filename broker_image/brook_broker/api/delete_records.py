@@ -24,13 +24,15 @@ from .errors import count_error
 
 async def handle(context: ApiContext, request: Request) -> Mapping[str, Any] | Deferred:
     body = request.body
+    # One answer per partition, as Kafka's map of them: a partition named twice gets the
+    # offset it was given last.
+    offsets = {
+        (topic.name, partition.partition_index): partition.offset
+        for topic in body.topics
+        for partition in topic.partitions
+    }
     deletions = context.replicas.delete_records(
-        (
-            ((topic.name, partition.partition_index), partition.offset)
-            for topic in body.topics
-            for partition in topic.partitions
-        ),
-        timeout_s=body.timeout.total_seconds(),
+        offsets.items(), timeout_s=body.timeout.total_seconds()
     )
     if deletions.waiting:
         return Deferred(_when_replicated(request, deletions))

@@ -61,6 +61,7 @@ class CleanerStats:
     bytes_read: int = 0
     bytes_written: int = 0
     last_run_end_ms: int = -1
+    """When the last run ended; before the first, when the cleaner started."""
     dirty_ratios: dict[tuple[str, int], float] = field(default_factory=dict)
     uncleanable: set[tuple[str, int]] = field(default_factory=set)
 
@@ -257,7 +258,10 @@ class LogCleaner:
         self._io_max_bytes_per_second = io_max_bytes_per_second
         self._backoff_ms = backoff_ms
         self._clock_ms = clock_ms
-        self.stats = CleanerStats()
+        self._tombstones_expire_ms: dict[tuple[str, int], int] = {}
+        """Per log, when the earliest delete horizon of its tombstones passes (learnt
+        from the last run; a restart forgets it until the next run)."""
+        self.stats = CleanerStats(last_run_end_ms=clock_ms())
 
     async def run(self) -> None:
         """Forever: clean the dirtiest log, or sleep ``log.cleaner.backoff.ms`` when none
@@ -285,9 +289,12 @@ class LogCleaner:
             plan = plan_cleaning(log, read_first_dirty_offset(log.directory), now_ms)
             if plan is None:
                 continue
-            ratios[(log.topic, log.partition)] = plan.dirty_ratio
-            if plan.first_dirty < plan.end and (
-                plan.overdue or plan.dirty_ratio >= log.config.min_cleanable_dirty_ratio
+            name = (log.topic, log.partition)
+            ratios[name] = plan.dirty_ratio
+            tombstones_expired = now_ms >= self._tombstones_expire_ms.get(name, now_ms + 1)
+            if tombstones_expired or (
+                plan.first_dirty < plan.end
+                and (plan.overdue or plan.dirty_ratio >= log.config.min_cleanable_dirty_ratio)
             ):
                 plans.append(plan)
         self.stats.dirty_ratios = ratios
@@ -329,7 +336,7 @@ class LogCleaner:
         result = await self._worker.compact(job)
         self.stats.bytes_read += result.bytes_read
         self.stats.bytes_written += result.bytes_written
-        if result.map_end <= plan.first_dirty:
+        if plan.first_dirty < plan.end and result.map_end <= plan.first_dirty:
             raise UncleanableLog(
                 "the keys of its first dirty segment do not fit log.cleaner.dedupe.buffer.size "
                 f"({self._dedupe_buffer_size} bytes)"
@@ -344,6 +351,10 @@ class LogCleaner:
                     shutil.rmtree(rest.directory, ignore_errors=True)
                 return
         write_first_dirty_offset(log.directory, result.map_end)
+        if result.tombstones_expire_ms is None:
+            self._tombstones_expire_ms.pop(name, None)
+        else:
+            self._tombstones_expire_ms[name] = result.tombstones_expire_ms
         self.stats.runs += 1
         self.stats.last_run_end_ms = self._clock_ms()
         logger.info(

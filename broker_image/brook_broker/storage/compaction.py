@@ -13,7 +13,10 @@ left to later runs), then writes the segments, merged into groups of at most
 ``segment.bytes``, into cleaning directories (``storage.swap``), keeping:
 
 - a record whose key has no later offset in the map (the latest value of its key);
-- a tombstone (null value) until its batch is older than ``delete.retention.ms``;
+- a tombstone (null value) until ``delete.retention.ms`` after the run that first
+  cleaned its batch: as Kafka (KIP-534), that run writes the batch with a delete
+  horizon, and a later run past the horizon removes the tombstones (so a consumer
+  reading the log from the start within ``delete.retention.ms`` sees every delete);
 - the last batch of each idempotent producer, emptied of records if none is kept, so
   that its last sequence number survives (the batch keeps its offset range).
 
@@ -105,6 +108,9 @@ class CompactionResult:
     groups: tuple[CleanedGroup, ...]
     bytes_read: int
     bytes_written: int
+    tombstones_expire_ms: int | None
+    """The earliest delete horizon of the tombstones kept (None: none kept): a run after
+    it removes them."""
 
 
 class CompactionStopped(Exception):
@@ -168,12 +174,14 @@ class _Compaction:
         self.throttle = TokenBucket(job.io_max_bytes_per_second)
         self.bytes_read = 0
         self.bytes_written = 0
+        self.tombstones_expire_ms: int | None = None
 
     def run(self) -> CompactionResult:
         job = self.job
         offset_map, map_end, last_batches = self._build_offset_map()
         groups: list[CleanedGroup] = []
-        if map_end > job.first_dirty:
+        # No dirty section: the run is for tombstones whose horizon has passed.
+        if map_end > job.first_dirty or job.first_dirty == job.end:
             cleaned = [i for i in range(len(job.segments)) if job.end_of(i) <= map_end]
             try:
                 for indexes in _groups(job, cleaned):
@@ -183,7 +191,12 @@ class _Compaction:
                     shutil.rmtree(group.directory, ignore_errors=True)
                 raise
         return CompactionResult(
-            map_end, len(offset_map), tuple(groups), self.bytes_read, self.bytes_written
+            map_end,
+            len(offset_map),
+            tuple(groups),
+            self.bytes_read,
+            self.bytes_written,
+            self.tombstones_expire_ms,
         )
 
     def _build_offset_map(self) -> tuple[OffsetMap, int, dict[int, int]]:
@@ -226,7 +239,6 @@ class _Compaction:
             index_interval_bytes=job.index_interval_bytes,
             now_ms=job.now_ms,
         )
-        delete_horizon_ms = job.now_ms - job.delete_retention_ms
         buffers: list[bytes | memoryview] = []
         appended: list[AppendedBatch] = []
         pending = 0
@@ -234,9 +246,16 @@ class _Compaction:
         try:
             for index in indexes:
                 for batch, header in self._batches(index):
-                    kept = _filter_batch(batch, header, offset_map, last_batches, delete_horizon_ms)
+                    kept, horizon = _filter_batch(
+                        batch, header, offset_map, last_batches, job.now_ms, job.delete_retention_ms
+                    )
                     if kept is None:
                         continue
+                    if horizon is not None:
+                        expiry = self.tombstones_expire_ms
+                        self.tombstones_expire_ms = (
+                            horizon if expiry is None else min(expiry, horizon)
+                        )
                     kept_header = header if kept is batch else parse_header(kept)
                     buffers.append(kept)
                     appended.append(
@@ -255,6 +274,10 @@ class _Compaction:
             cleaned.close()
         fsync_path(directory)
         return CleanedGroup(tuple(indexes), directory, size)
+
+    def _tombstones_until(self, horizon_ms: int) -> None:
+        expiry = self.tombstones_expire_ms
+        self.tombstones_expire_ms = horizon_ms if expiry is None else min(expiry, horizon_ms)
 
     def _write(
         self,
@@ -306,26 +329,36 @@ def _filter_batch(
     header: BatchHeader,
     offset_map: OffsetMap,
     last_batches: dict[int, int],
-    delete_horizon_ms: int,
-) -> memoryview | bytes | None:
-    """The batch itself if all of it stays, a rebuilt batch of what stays, or None."""
+    now_ms: int,
+    delete_retention_ms: int,
+) -> tuple[memoryview | bytes | None, int | None]:
+    """The batch itself if all of it stays as it is, a rebuilt batch of what stays, or
+    None; and the delete horizon of the tombstones it keeps (None if it keeps none)."""
     if header.is_control:
-        return batch
+        return batch, None
+    horizon = header.delete_horizon_ms
+    expired = horizon is not None and horizon <= now_ms
     records = record_views(batch, header)
     kept = [
         record
         for record in records
         if record.key is not None
         and _is_latest(offset_map.latest(record.key), record.offset)
-        and not (record.is_tombstone and header.max_timestamp < delete_horizon_ms)
+        and not (record.is_tombstone and expired)
     ]
-    if len(kept) == len(records):
-        return batch
+    new_horizon = None
+    if any(record.is_tombstone for record in kept):
+        if horizon is None:
+            horizon = new_horizon = now_ms + delete_retention_ms
+    else:
+        horizon = None
+    if len(kept) == len(records) and new_horizon is None:
+        return batch, horizon
     if kept or (
         header.producer_id >= 0 and last_batches.get(header.producer_id) == header.base_offset
     ):
-        return rebuild_batch(batch, header, kept)
-    return None
+        return rebuild_batch(batch, header, kept, new_horizon), horizon
+    return None, None
 
 
 def _is_latest(latest: int | None, offset: int) -> bool:

@@ -530,9 +530,13 @@ class PartitionLog:
                 )
 
     def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
-        """``(offset, timestamp)`` of the first record with a timestamp >= ``timestamp_ms``."""
+        """``(offset, timestamp)`` of the first record from the log start offset on (as
+        DeleteRecords left it) with a timestamp >= ``timestamp_ms``."""
+        start = self.log_start_offset
         for segment in self._segments:
-            found = segment.offset_for_timestamp(timestamp_ms)
+            if segment.next_offset <= start:
+                continue
+            found = segment.offset_for_timestamp(timestamp_ms, start)
             if found is not None:
                 return found
         return None

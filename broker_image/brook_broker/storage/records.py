@@ -18,6 +18,7 @@ from crc32c import crc32c
 
 from .batch import (
     COMPRESSION_MASK,
+    DELETE_HORIZON_FLAG,
     HEADER_SIZE,
     LOG_OVERHEAD,
     TIMESTAMP_TYPE_LOG_APPEND,
@@ -107,9 +108,10 @@ def compress(compression: int, data: bytes, *, xerial: bool = False) -> bytes:
 
 
 def first_record_at_or_after(
-    batch: bytes | memoryview, header: BatchHeader, timestamp_ms: int
+    batch: bytes | memoryview, header: BatchHeader, timestamp_ms: int, from_offset: int = 0
 ) -> tuple[int, int] | None:
-    """``(offset, timestamp)`` of the batch's first record with a timestamp >= ``timestamp_ms``.
+    """``(offset, timestamp)`` of the batch's first record at ``from_offset`` or later
+    with a timestamp >= ``timestamp_ms``.
 
     ``batch`` is the whole batch as stored (its header is ``header``). Raises
     :class:`InvalidBatch` if the records cannot be read.
@@ -117,7 +119,7 @@ def first_record_at_or_after(
     if header.attributes & TIMESTAMP_TYPE_LOG_APPEND:
         # Every record of a LogAppendTime batch carries the batch's timestamp.
         if header.max_timestamp >= timestamp_ms:
-            return header.base_offset, header.max_timestamp
+            return max(header.base_offset, from_offset), header.max_timestamp
         return None
     records = decompress(header.compression, memoryview(batch)[HEADER_SIZE : header.size])
     position = 0
@@ -130,7 +132,7 @@ def first_record_at_or_after(
             if length < 0 or end > len(records):
                 raise InvalidBatch("record length does not fit its batch")
             timestamp = header.base_timestamp + timestamp_delta
-            if timestamp >= timestamp_ms:
+            if timestamp >= timestamp_ms and header.base_offset + offset_delta >= from_offset:
                 return header.base_offset + offset_delta, timestamp
             position = end
     except IndexError as error:
@@ -242,31 +244,42 @@ def record_views(batch: bytes | memoryview, header: BatchHeader) -> list[RecordV
 
 
 def rebuild_batch(
-    batch: bytes | memoryview, header: BatchHeader, kept: Sequence[RecordView]
+    batch: bytes | memoryview,
+    header: BatchHeader,
+    kept: Sequence[RecordView],
+    delete_horizon_ms: int | None = None,
 ) -> bytes:
     """The batch with only the ``kept`` records (in order), as Kafka's cleaner writes it:
     the same base offset and last offset delta (so an idempotent producer's last sequence
     number survives), producer id, epoch, base sequence, leader epoch and codec; the CRC,
     record count and, under CreateTime, the largest timestamp follow the kept records.
     With nothing kept it is an empty batch, uncompressed, which only carries the
-    producer's state."""
+    producer's state. A ``delete_horizon_ms`` is written as Kafka does (KIP-534): the
+    delete horizon flag set, the horizon as base timestamp, each record's timestamp delta
+    taken from it (so every record keeps its timestamp)."""
     view = memoryview(batch)
     attributes = header.attributes
+    base_timestamp = header.base_timestamp
+    records: list[bytes | memoryview] = [record.raw for record in kept]
+    if delete_horizon_ms is not None:
+        attributes |= DELETE_HORIZON_FLAG
+        base_timestamp = delete_horizon_ms
+        records = [_rebased(record, base_timestamp) for record in kept]
     if kept:
         original = view[HEADER_SIZE : header.size]
         xerial = header.compression == SNAPPY and original[: len(_XERIAL_MAGIC)] == _XERIAL_MAGIC
-        body = compress(header.compression, b"".join(record.raw for record in kept), xerial=xerial)
+        body = compress(header.compression, b"".join(records), xerial=xerial)
     else:
         attributes &= ~COMPRESSION_MASK
         body = b""
     if attributes & TIMESTAMP_TYPE_LOG_APPEND:
         max_timestamp = header.max_timestamp
     else:
-        max_timestamp = max((record.timestamp for record in kept), default=header.base_timestamp)
+        max_timestamp = max((record.timestamp for record in kept), default=header.max_timestamp)
     after_crc = _AFTER_CRC.pack(
         attributes,
         header.last_offset_delta,
-        header.base_timestamp,
+        base_timestamp,
         max_timestamp,
         header.producer_id,
         header.producer_epoch,
@@ -281,6 +294,19 @@ def rebuild_batch(
         2,
     )
     return before_crc + _CRC.pack(crc) + after_crc + body
+
+
+def _rebased(record: RecordView, base_timestamp: int) -> bytes:
+    """``record`` with its timestamp delta taken from ``base_timestamp``."""
+    raw = record.raw
+    _, attributes_at = read_varint(raw, 0)
+    _, rest_at = read_varint(raw, attributes_at + 1)
+    body = bytearray(raw[attributes_at : attributes_at + 1])
+    write_varint(record.timestamp - base_timestamp, body)
+    body += raw[rest_at:]
+    framed = bytearray()
+    write_varint(len(body), framed)
+    return bytes(framed + body)
 
 
 def iter_records(

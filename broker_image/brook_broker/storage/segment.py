@@ -297,15 +297,18 @@ class Segment:
         end = self._end_of_batches(start, limit, upper_offset)
         return os.pread(self._fd, end - start, start)
 
-    def offset_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
-        """``(offset, timestamp)`` of the first record with a timestamp >= ``timestamp_ms``."""
+    def offset_for_timestamp(
+        self, timestamp_ms: int, from_offset: int = 0
+    ) -> tuple[int, int] | None:
+        """``(offset, timestamp)`` of the first record at ``from_offset`` or later with a
+        timestamp >= ``timestamp_ms``."""
         if self.max_timestamp < timestamp_ms:
             return None
-        start = self.index.lookup(self.time_index.lookup(timestamp_ms))
+        start = self.index.lookup(max(self.time_index.lookup(timestamp_ms), from_offset))
         for position, header in self._headers(start, self.size):
-            if header.max_timestamp >= timestamp_ms:
+            if header.max_timestamp >= timestamp_ms and header.last_offset >= from_offset:
                 batch = os.pread(self._fd, header.size, position)
-                found = first_record_at_or_after(batch, header, timestamp_ms)
+                found = first_record_at_or_after(batch, header, timestamp_ms, from_offset)
                 if found is not None:
                     return found
         return None
