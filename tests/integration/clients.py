@@ -433,13 +433,15 @@ class KcatDriver:
         for line in output.split(b"\n")[:-1]:
             fields = line.split(b"\t", 7)
             partition, offset, timestamp, key_length, key, headers, value_length, value = fields
-            assert len(key) == int(key_length) and len(value) == int(value_length), line[:200]
+            # kcat gives -1 as the length of a null key or value.
+            assert len(key) == max(0, int(key_length)), line[:200]
+            assert len(value) == max(0, int(value_length)), line[:200]
             consumed.append(
                 Consumed(
                     int(partition),
                     int(offset),
-                    key,
-                    value,
+                    None if int(key_length) < 0 else key,
+                    None if int(value_length) < 0 else value,
                     parse_kcat_headers(headers),
                     int(timestamp),
                 )

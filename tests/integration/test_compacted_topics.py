@@ -12,12 +12,20 @@ from typing import Any
 
 import confluent_kafka
 import pytest
+from brook_broker.storage.batch import BatchHeader, iter_headers
 from kio.schema.produce.v9.request import PartitionProduceData, ProduceRequest, TopicProduceData
 
 from tests.support.batches import Record, encode_batch
 
 from .brokers import BrokerProcess, KafkaConnection, now_ms, wait_until
-from .clients import ConfluentDriver, Message, confluent_consumer, create_topic, watermarks
+from .clients import (
+    DRIVERS,
+    ConfluentDriver,
+    Message,
+    confluent_consumer,
+    create_topic,
+    watermarks,
+)
 from .conftest import StartBroker
 
 INVALID_RECORD = 87
@@ -164,3 +172,44 @@ def latest_values(bootstrap: str, topic: str) -> dict[bytes | None, bytes | None
         consumer.close()
     assert offset == high - 1, f"read up to {offset} of {high}"
     return values
+
+
+def stored_headers(broker: BrokerProcess, topic: str) -> list[BatchHeader]:
+    return [
+        header for path in broker.segments(topic) for _, header in iter_headers(path.read_bytes())
+    ]
+
+
+def test_every_client_reads_a_cleaned_tombstone_with_its_timestamp(
+    start_broker: StartBroker,
+) -> None:
+    """The cleaner rewrites a batch that keeps a tombstone with Kafka's delete horizon: the
+    horizon becomes the batch's base timestamp and the records' timestamps are kept by
+    their deltas. Every client must read the same keys, values and timestamps."""
+    broker = start_broker(
+        "--log-cleaner-backoff-ms", "100", "--log-retention-check-interval-ms", "100"
+    )  # fmt: skip
+    create_topic(
+        broker.bootstrap,
+        "table",
+        config={**COMPACT, "segment.ms": "1000", "min.cleanable.dirty.ratio": "0.01"},
+    )
+    written_ms = now_ms() - 3_600_000
+    messages = [
+        Message(0, b"a", b"1", timestamp=written_ms),
+        Message(0, b"b", b"1", timestamp=written_ms + 1),
+        Message(0, b"a", None, timestamp=written_ms + 2),
+    ]
+    results = CONFLUENT.produce(broker.bootstrap, "table", messages, "zstd")
+    assert [result.offset for result in results] == [0, 1, 2]
+    wait_until(
+        lambda: any(header.delete_horizon_ms for header in stored_headers(broker, "table")),
+        timeout=60,
+        message="the tombstone's batch cleaned",
+    )
+    for driver in DRIVERS.values():
+        consumed = driver.consume(broker.bootstrap, "table", [0], 2)
+        assert [(r.offset, r.key, r.value, r.timestamp) for r in consumed] == [
+            (1, b"b", b"1", written_ms + 1),
+            (2, b"a", None, written_ms + 2),
+        ], driver.name
