@@ -6,16 +6,18 @@
 * cleaning: for each codec, a compacted log of ``--keys`` keys written ``--rounds`` times
   (100 records a batch, 1 MiB segments) is built in a temporary directory and cleaned
   in one run by the broker's ``LogCleaner`` (in a thread) (no I/O throttle, a map large enough for
-  every key); printed: MB of segment files read per second of the run, the size before
-  and after, and the records kept (which must be ``--keys``).
-* producers beside the cleaner: one broker, started twice (``--log-cleaner-enable
-  false``, then true). Each time, a background producer rewrites the keys of a
-  compacted topic at ``--rewrite-rate`` records/s (2 MB/s by default, so that, with the
-  cleaner on, it always has dirty segments to clean), and meanwhile an acks=all
-  idempotent producer sends 1 KB records to another topic, first at ``--rate``
-  records/s (publish→ack p50/p99/max, the first second left out), then as fast as it
-  can for ``--seconds`` (records/s). Also printed: the MB the cleaner read meanwhile
-  (from ``/metrics``) and the broker's CPU seconds.
+  every key); printed: MB of segment files read per second of the run (each byte is
+  read twice: once to map the keys, once to rewrite), records of the log cleaned per
+  second, the size before and after, and the records kept (which must be ``--keys``).
+* producers beside the cleaner: one broker, started three times: without the cleaner,
+  with it, and with it throttled to 1 MB/s (``--log-cleaner-io-max-bytes-per-second``).
+  Each time, a background producer rewrites the keys of a compacted topic at
+  ``--rewrite-rate`` records/s (2 MB/s by default, so that, with the cleaner on, it
+  always has dirty segments to clean), and meanwhile an acks=all idempotent producer
+  sends 1 KB records to another topic, first at ``--rate`` records/s (publish→ack
+  p50/p99/max, the first second left out), then as fast as it can for ``--seconds``
+  (records/s). Also printed: the MB the cleaner read meanwhile (from ``/metrics``) and
+  the broker's CPU seconds.
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ BATCH_RECORDS = 100
 SEGMENT_BYTES = 1024 * 1024
 CODECS = ("none", "lz4", "zstd")
 WARM_UP_S = 1.0
+CLEANER_MODES = {
+    "off": ("--log-cleaner-enable", "false"),
+    "on": (),
+    "on, 1 MB/s": ("--log-cleaner-io-max-bytes-per-second", "1000000"),
+}
+"""Broker flags of each run beside the cleaner."""
 COMPACTED_TOPIC_CONFIG = {
     "cleanup.policy": "compact",
     "segment.bytes": str(4 * 1024 * 1024),
@@ -121,7 +129,7 @@ def measure_cleaning(root: Path, options: argparse.Namespace, codec: str) -> Cle
 
 @dataclass(frozen=True)
 class Beside:
-    cleaner: bool
+    cleaner: str
     publish: Percentiles
     bulk_rate: float
     cleaner_mb_read: float
@@ -200,18 +208,13 @@ def bulk_rate(bootstrap: str, topic: str, seconds: float) -> float:
     return sent / (time.monotonic() - start)
 
 
-def measure_beside(root: Path, options: argparse.Namespace, cleaner: bool) -> Beside:
+def measure_beside(root: Path, options: argparse.Namespace, cleaner: str) -> Beside:
     (spec,) = plan_cluster(
         brokers=1,
-        data_dir=root / f"cleaner-{cleaner}",
+        data_dir=root / f"cleaner-{len(list(root.glob('cleaner-*')))}",
         host="127.0.0.1",
         port=free_cluster_port(1),
-        broker_args=(
-            "--log-cleaner-enable",
-            str(cleaner).lower(),
-            "--log-cleaner-backoff-ms",
-            "100",
-        ),
+        broker_args=("--log-cleaner-backoff-ms", "100", *CLEANER_MODES[cleaner]),
     )
     with (root / "broker.log").open("ab") as logs:
         broker = BrokerProcess(spec, stderr=logs)
@@ -255,12 +258,13 @@ def report(options: argparse.Namespace, cleanings: list[Cleaning], besides: list
         f"records, {BATCH_RECORDS} a batch, {SEGMENT_BYTES // 1024} KiB segments, one run"
     )
     print(
-        f"{'codec':<6}{'MB/s':>8}{'seconds':>9}{'MB before':>11}{'MB after':>10}"
-        f"{'records kept':>14}"
+        f"{'codec':<6}{'MB/s':>8}{'records/s':>11}{'seconds':>9}{'MB before':>11}"
+        f"{'MB after':>10}{'records kept':>14}"
     )
     for run in cleanings:
         print(
-            f"{run.codec:<6}{run.bytes_read / 1e6 / run.seconds:>8.1f}{run.seconds:>9.2f}"
+            f"{run.codec:<6}{run.bytes_read / 1e6 / run.seconds:>8.1f}"
+            f"{options.keys * options.rounds / run.seconds:>11,.0f}{run.seconds:>9.2f}"
             f"{run.bytes_before / 1e6:>11.1f}{run.bytes_after / 1e6:>10.2f}{run.records_after:>14,}"
         )
     print()
@@ -270,13 +274,13 @@ def report(options: argparse.Namespace, cleanings: list[Cleaning], besides: list
         f"acks=all idempotent 1 KB records to another topic"
     )
     print(
-        f"{'cleaner':<8} | {'at ' + format(options.rate, ',') + '/s publish→ack ms':^31} | "
+        f"{'cleaner':<11} | {'at ' + format(options.rate, ',') + '/s publish→ack ms':^31} | "
         f"{'bulk rec/s':>10} | {'cleaner MB read':>15} | broker CPU s"
     )
-    print(f"{'':<8} | {'p50':>7} {'p99':>7} {'p99.9':>7} {'max':>7} |")
+    print(f"{'':<11} | {'p50':>7} {'p99':>7} {'p99.9':>7} {'max':>7} |")
     for run in besides:
         print(
-            f"{'on' if run.cleaner else 'off':<8} | {run.publish.cells()} | "
+            f"{run.cleaner:<11} | {run.publish.cells()} | "
             f"{run.bulk_rate:>10,.0f} | {run.cleaner_mb_read:>15.1f} | {run.broker_cpu_s:>12.1f}"
         )
 
@@ -304,7 +308,7 @@ def main() -> int:
             if run.records_after != options.keys:
                 print(f"bench: {run.codec}: {run.records_after} records kept", file=sys.stderr)
                 return 1
-        besides = [measure_beside(root, options, cleaner) for cleaner in (False, True)]
+        besides = [measure_beside(root, options, cleaner) for cleaner in CLEANER_MODES]
     report(options, cleanings, besides)
     return 0
 

@@ -18,6 +18,7 @@ producers; the bench checks it first.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 import uuid
@@ -34,6 +35,8 @@ from brook_broker.replication.producer_state import (
 )
 from brook_broker.storage.batch import validate_batches
 from brook_broker.storage.log import LogConfig, PartitionLog
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.batches import BASE_TIME_MS, make_batch
 
